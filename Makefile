@@ -1,0 +1,150 @@
+# qryptchatd: a self-hosted QryptChat WebSocket chat server.
+#
+#   make                      build build/qryptchatd and build/libqryptchat.a
+#   make test                 unit and integration tests (what CI runs)
+#   make run                  start a development server and print tokens
+#   make install              PREFIX=/usr/local, DESTDIR for staging
+#   make SANITIZE=address,undefined test
+#   make lint                 mandoc -Tlint on the man pages
+#   make clean
+
+PREFIX     ?= /usr/local
+SBINDIR    ?= $(PREFIX)/sbin
+MANDIR     ?= $(PREFIX)/share/man
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+DESTDIR    ?=
+
+CXX      ?= g++
+CXXFLAGS ?= -O2 -g
+LDFLAGS  ?=
+SANITIZE ?=
+
+# Sanitized objects live apart so that both builds can coexist.
+ifeq ($(SANITIZE),)
+BUILD := build
+else
+BUILD := build/sanitize
+SANFLAGS := -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+endif
+
+# Dependencies first: scripts/deps installs missing Debian packages (as
+# root) or says exactly what to install.  Not needed to clean.
+NODEPS_GOALS := clean help uninstall
+ifneq ($(filter-out $(NODEPS_GOALS),$(or $(MAKECMDGOALS),all)),)
+DEPS_STATUS := $(shell scripts/deps >&2; echo $$?)
+ifneq ($(DEPS_STATUS),0)
+$(error build dependencies are missing, see above)
+endif
+endif
+
+PKGS       := libwebsockets libcjson openssl sqlite3
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lev
+CMOCKA     := $(shell pkg-config --libs cmocka 2>/dev/null)
+
+WARN := -Wall -Wextra -Wpedantic -Wshadow -Wformat=2 -Wnon-virtual-dtor \
+	-Wnull-dereference -Wimplicit-fallthrough -Wundef -Wcast-qual -Wmissing-declarations
+QC_CXXFLAGS := -std=c++17 $(WARN) -Iinclude -I$(BUILD)/gen $(PKG_CFLAGS) $(SANFLAGS) \
+	-DQC_DEFAULT_CONFIG='"$(SYSCONFDIR)/qryptchatd/qryptchatd.conf"' \
+	$(CXXFLAGS) -MMD -MP
+QC_LDFLAGS := $(SANFLAGS) $(LDFLAGS)
+
+LIB_SRCS := $(wildcard src/*.cpp src/handlers/*.cpp)
+LIB_SRCS := $(filter-out src/main.cpp,$(LIB_SRCS))
+LIB_OBJS := $(LIB_SRCS:%.cpp=$(BUILD)/%.o) $(BUILD)/gen/schema_sql.o
+MAIN_OBJ := $(BUILD)/src/main.o
+
+UNIT_SRCS := $(wildcard tests/unit/test_*.cpp)
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.cpp=$(BUILD)/tests/unit/%)
+FAKE_OBJS := $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard tests/unit/fakes/*.cpp))
+SUPPORT_OBJS := $(patsubst %.cpp,$(BUILD)/%.o,$(filter-out tests/support/selftest.cpp,$(wildcard tests/support/*.cpp)))
+INTEG_SRCS := $(wildcard tests/integration/test_*.cpp)
+INTEG_BINS := $(INTEG_SRCS:tests/integration/%.cpp=$(BUILD)/tests/integration/%)
+
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.0)
+
+.PHONY: all test unit integration run install uninstall clean lint help FORCE
+
+all: $(BUILD)/qryptchatd $(BUILD)/libqryptchat.a
+
+help:
+	@sed -n '3,10p' Makefile
+
+$(BUILD)/qryptchatd: $(MAIN_OBJ) $(BUILD)/libqryptchat.a
+	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(BUILD)/libqryptchat.a: $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(QC_CXXFLAGS) -c -o $@ $<
+
+# The schema is compiled in, so the binary is all an install needs.
+$(BUILD)/gen/schema_sql.cpp: schema.sql
+	@mkdir -p $(dir $@)
+	{ printf 'extern "C" const char kSchemaSql[];\nextern "C" const char kSchemaSql[] = R"QCSQL('; \
+	  cat schema.sql; printf ')QCSQL";\n'; } > $@
+
+$(BUILD)/gen/schema_sql.o: $(BUILD)/gen/schema_sql.cpp
+	$(CXX) $(QC_CXXFLAGS) -c -o $@ $<
+
+# The version is rewritten only when it changes, so main.o rebuilds then.
+$(BUILD)/gen/version.h: FORCE
+	@mkdir -p $(dir $@)
+	@echo '#define QC_VERSION "$(VERSION)"' > $@.tmp
+	@cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@
+
+$(MAIN_OBJ): $(BUILD)/gen/version.h
+$(MAIN_OBJ): QC_CXXFLAGS += -include $(BUILD)/gen/version.h
+
+$(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.o $(FAKE_OBJS) $(BUILD)/libqryptchat.a
+	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS) $(CMOCKA)
+
+$(BUILD)/tests/integration/%: $(BUILD)/tests/integration/%.o $(SUPPORT_OBJS)
+	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS) $(CMOCKA)
+
+# Tests run from the repository root; integration tests start the binary
+# named by QRYPTCHATD on 127.0.0.1 port 0.
+test: all $(UNIT_BINS) $(INTEG_BINS) lint
+	@QRYPTCHATD=$(BUILD)/qryptchatd scripts/run-tests $(UNIT_BINS) $(INTEG_BINS)
+
+unit: $(UNIT_BINS)
+	@scripts/run-tests $(UNIT_BINS)
+
+integration: all $(INTEG_BINS)
+	@QRYPTCHATD=$(BUILD)/qryptchatd scripts/run-tests $(INTEG_BINS)
+
+lint:
+	@for m in man/*.[0-9]; do mandoc -Tlint -Wwarning $$m || exit 1; done
+	@echo "man pages: mandoc -Tlint clean"
+
+run: all
+	@scripts/run-dev $(BUILD)/qryptchatd
+
+install: all
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 \
+		$(DESTDIR)$(SYSCONFDIR)/qryptchatd $(DESTDIR)$(UNITDIR)
+	install -m 755 $(BUILD)/qryptchatd $(DESTDIR)$(SBINDIR)/qryptchatd
+	install -m 644 man/qryptchatd.8 $(DESTDIR)$(MANDIR)/man8/qryptchatd.8
+	install -m 644 man/qryptchatd.conf.5 $(DESTDIR)$(MANDIR)/man5/qryptchatd.conf.5
+	install -m 644 etc/qryptchatd.service $(DESTDIR)$(UNITDIR)/qryptchatd.service
+	@# An existing configuration is the operator's: never overwritten.
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/qryptchatd/qryptchatd.conf ]; then \
+		echo "keeping existing $(DESTDIR)$(SYSCONFDIR)/qryptchatd/qryptchatd.conf"; \
+	else \
+		install -m 644 etc/qryptchatd.conf $(DESTDIR)$(SYSCONFDIR)/qryptchatd/qryptchatd.conf; \
+	fi
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/qryptchatd $(DESTDIR)$(MANDIR)/man8/qryptchatd.8 \
+		$(DESTDIR)$(MANDIR)/man5/qryptchatd.conf.5 $(DESTDIR)$(UNITDIR)/qryptchatd.service
+
+clean:
+	rm -rf build
+
+FORCE:
+
+-include $(shell find build -name '*.d' 2>/dev/null)

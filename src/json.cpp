@@ -11,7 +11,15 @@ void JsonDeleter::operator()(cJSON *j) const noexcept { cJSON_Delete(j); }
 
 JsonDoc json_parse(std::string_view text)
 {
-	return JsonDoc(cJSON_ParseWithLength(text.data(), text.size()));
+	const char *end = nullptr;
+	JsonDoc doc(cJSON_ParseWithLengthOpts(text.data(), text.size(), &end, false));
+	if (!doc || !end)
+		return nullptr;
+	// One value only: anything but whitespace after it is an error.
+	for (const char *p = end; p < text.data() + text.size(); p++)
+		if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n' && *p != '\0')
+			return nullptr;
+	return doc;
 }
 
 bool JsonRef::is_null() const { return j_ && cJSON_IsNull(j_); }
@@ -45,8 +53,10 @@ std::optional<int64_t> JsonRef::integer() const
 	if (!is_number())
 		return std::nullopt;
 	double d = j_->valuedouble;
-	if (!std::isfinite(d) || std::floor(d) != d || d > 9007199254740992.0 ||
-	    d < -9007199254740992.0)
+	// Only the safe integers: beyond 2^53 - 1 a double no longer tells
+	// neighbouring integers apart.
+	if (!std::isfinite(d) || std::floor(d) != d || d >= 9007199254740992.0 ||
+	    d <= -9007199254740992.0)
 		return std::nullopt;
 	return static_cast<int64_t>(d);
 }

@@ -157,6 +157,9 @@ public:
 	Status mark_read(const std::string &conversation, const std::string &user, int64_t seq) override;
 	bool healthy() override;
 
+	// (sql, plan) for every prepared statement.
+	std::vector<std::pair<std::string, std::string>> query_plans();
+
 private:
 	// Logs SQLite's reason (never shown to clients) and returns the wire error.
 	Error fail(const char *op);
@@ -207,6 +210,7 @@ private:
 	Stmt by_client_id_, seq_next_, msg_insert_, copy_insert_, msg_seq_;
 	Stmt page_newest_, page_before_, page_after_, mark_read_;
 	Stmt health_;
+	std::vector<Stmt *> all_; // every statement above, for query_plans()
 };
 
 Error SqliteStore::fail(const char *op)
@@ -343,10 +347,12 @@ Status SqliteStore::prepare_all()
 			      "WHERE conversation_id = ?1 AND user_id = ?2 AND last_read_seq < ?3"},
 		{&health_, "SELECT count(*) FROM sqlite_schema"},
 	};
-	for (const auto &it : items)
+	for (const auto &it : items) {
 		if (!it.stmt->prepare(db_.get(), it.sql))
 			return make_error(Err::DatabaseError, path_ + ": cannot prepare statement: " +
 								      sqlite3_errmsg(db_.get()));
+		all_.push_back(it.stmt);
+	}
 	return ok_status();
 }
 
@@ -498,7 +504,7 @@ Result<CreatedConversation> SqliteStore::create_conversation(const NewConversati
 		u.bind(1, *direct_key);
 		int rc = u.step();
 		if (rc == SQLITE_ROW) {
-			CreatedConversation existing{u.text(0), false};
+			CreatedConversation existing{u.text(0), false, {}};
 			// Both sides are participants again if one had been removed.
 			for (const auto &who : {c.creator, c.members[0]}) {
 				Use p(part_insert_);
@@ -509,6 +515,10 @@ Result<CreatedConversation> SqliteStore::create_conversation(const NewConversati
 					return fail("create_conversation");
 				}
 			}
+			auto view = conversation(existing.id, c.creator);
+			if (!view)
+				return view.error();
+			existing.view = std::move(*view);
 			if (!txn.commit()) {
 				write_failed_ = true;
 				return fail("create_conversation");
@@ -541,12 +551,15 @@ Result<CreatedConversation> SqliteStore::create_conversation(const NewConversati
 			write_failed_ = true;
 			return fail("create_conversation");
 		}
+	auto view = conversation(c.id, c.creator);
+	if (!view)
+		return view.error();
 	if (!txn.commit()) {
 		write_failed_ = true;
 		return fail("create_conversation");
 	}
 	write_failed_ = false;
-	return CreatedConversation{c.id, true};
+	return CreatedConversation{c.id, true, std::move(*view)};
 }
 
 Status SqliteStore::fill_view(ConversationView &v, const std::string &viewer, int64_t last_seq,
@@ -778,7 +791,34 @@ bool SqliteStore::healthy()
 	return ok && !write_failed_;
 }
 
+std::vector<std::pair<std::string, std::string>> SqliteStore::query_plans()
+{
+	std::vector<std::pair<std::string, std::string>> out;
+	for (Stmt *st : all_) {
+		std::string sql = st->sql();
+		if (sql == "BEGIN IMMEDIATE" || sql == "COMMIT" || sql == "ROLLBACK")
+			continue;
+		sqlite3_stmt *s = nullptr;
+		std::string plan;
+		if (sqlite3_prepare_v2(db_.get(), ("EXPLAIN QUERY PLAN " + sql).c_str(), -1, &s,
+				       nullptr) == SQLITE_OK) {
+			while (sqlite3_step(s) == SQLITE_ROW)
+				plan += reinterpret_cast<const char *>(sqlite3_column_text(s, 3)) +
+					std::string("\n");
+		}
+		sqlite3_finalize(s);
+		out.emplace_back(sql, plan);
+	}
+	return out;
+}
+
 } // namespace
+
+std::vector<std::pair<std::string, std::string>> sqlite_query_plans(Store &store)
+{
+	auto *s = dynamic_cast<SqliteStore *>(&store);
+	return s ? s->query_plans() : std::vector<std::pair<std::string, std::string>>();
+}
 
 Result<std::unique_ptr<Store>> open_sqlite_store(const SqliteOptions &opts)
 {

@@ -43,7 +43,7 @@ public:
 	std::string_view str() const;
 	double num() const;
 	bool boolean() const;
-	// Integral value when the number is an exact integer within ±2^53.
+	// Integral value when the number is an integer with |n| < 2^53.
 	std::optional<int64_t> integer() const;
 	// Elements of an array, or members of an object.
 	std::vector<JsonRef> items() const;

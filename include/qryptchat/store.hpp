@@ -95,6 +95,7 @@ struct NewConversation {
 struct CreatedConversation {
 	std::string id;
 	bool created = false;                    // false: an existing direct conversation
+	ConversationView view;                   // as the creator sees it
 };
 
 struct NewMessage {
@@ -149,7 +150,9 @@ public:
 	virtual Result<std::vector<std::string>> conversation_ids_of(const std::string &user) = 0;
 
 	// Creates a conversation, or for a direct one returns the existing
-	// conversation of the same pair.
+	// conversation of the same pair; with the creator's view, read in the
+	// same transaction (so a caller is never told of a failure for a
+	// conversation that exists).
 	virtual Result<CreatedConversation> create_conversation(const NewConversation &c) = 0;
 	virtual Result<ConversationView> conversation(const std::string &id, const std::string &viewer) = 0;
 	// The viewer's current conversations, most recent activity first.

@@ -9,6 +9,8 @@
 
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "qryptchat/store.hpp"
 
@@ -26,5 +28,10 @@ struct SqliteOptions {
 // Opens (creating and migrating as needed).  Errors carry a message for
 // the operator (file, SQLite's reason).
 Result<std::unique_ptr<Store>> open_sqlite_store(const SqliteOptions &opts);
+
+// EXPLAIN QUERY PLAN of every prepared statement of a store opened by
+// open_sqlite_store: (sql, plan lines).  For tests that check that no
+// request scans a table.
+std::vector<std::pair<std::string, std::string>> sqlite_query_plans(Store &store);
 
 } // namespace qc

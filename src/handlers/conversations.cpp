@@ -130,12 +130,10 @@ Status handle_create_conversation(Ctx &ctx, Caller &c, const Request &r)
 	auto created = ctx.store.create_conversation(nc);
 	if (!created)
 		return store_error(ctx, created.error());
-	auto view = ctx.store.conversation(created->id, c.user_id);
-	if (!view)
-		return store_error(ctx, view.error());
+	const ConversationView &view = created->view;
 
 	ctx.rooms.join(c.id, created->id);
-	ctx.host.send(c.id, conversation_frame("conversation_created", r.reply_id, *view, c.user_id));
+	ctx.host.send(c.id, conversation_frame("conversation_created", r.reply_id, view, c.user_id));
 	if (!created->created)
 		return ok_status(); // an existing direct conversation: nothing is pushed
 
@@ -151,12 +149,17 @@ Status handle_create_conversation(Ctx &ctx, Caller &c, const Request &r)
 		const auto &sessions = ctx.rooms.sessions_of(u);
 		if (sessions.empty() || (sessions.size() == 1 && sessions[0] == c.id))
 			continue;
-		auto v = u == c.user_id ? view : ctx.store.conversation(created->id, u);
-		if (!v) {
-			store_error(ctx, v.error());
-			continue; // the conversation exists; the push is best effort
+		FramePtr f;
+		if (u == c.user_id) {
+			f = conversation_frame("conversation_created", push_id, view, u);
+		} else {
+			auto v = ctx.store.conversation(created->id, u);
+			if (!v) {
+				store_error(ctx, v.error());
+				continue; // the conversation exists; the push is best effort
+			}
+			f = conversation_frame("conversation_created", push_id, *v, u);
 		}
-		FramePtr f = conversation_frame("conversation_created", push_id, *v, u);
 		for (SessionId s : sessions)
 			if (s != c.id)
 				ctx.host.send(s, f);

@@ -209,6 +209,9 @@ void handle_binary(Ctx &ctx, Caller &c)
 	if (c.closing)
 		return;
 	ctx.stats.frames_in++;
+	Envelope none; // a binary frame counts in the general bucket like any request
+	if (!admit(ctx, c, none))
+		return;
 	send_error(ctx, c, make_error(Err::InvalidMessage, "binary frames are not supported"),
 		   std::nullopt);
 }

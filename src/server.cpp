@@ -42,6 +42,9 @@ struct HttpReply {
 // them) instead of one saves a loop round trip per frame under load.
 constexpr int kMaxFramesPerWriteable = 16;
 
+// See Impl::lws_tick.
+constexpr lws_usec_t kLwsTickUs = 100 * LWS_US_PER_MS;
+
 // How long a shutdown waits for close handshakes before it cuts the rest.
 constexpr ev_tstamp kShutdownGraceS = 0.5;
 
@@ -95,7 +98,16 @@ struct Server::Impl final : public Host, public DeliverySink {
 
 	SessionId next_id = 1;
 	std::unordered_map<SessionId, std::unique_ptr<Session>> sessions;
-	SessionTimer typing_timer{};       // earliest typing deadline (id unused)
+	ev_timer typing_timer{};           // the earliest typing deadline
+	// lws 4.1.6's libev glue re-arms its timer with ev_timer_set() on a
+	// watcher that may still be active, which libev ignores: a timer added
+	// earlier than the armed one (a ping, a close handshake timeout) then
+	// waits for the old deadline.  A self-rescheduling lws timer keeps the
+	// armed deadline at most kLwsTickUs away, which bounds that delay.
+	struct LwsTick {
+		lws_sorted_usec_list_t sul; // first: the callback gets only this
+		Impl *owner;
+	} lws_tick{};
 
 	// Per client address: open connections and the new-connection bucket.
 	struct PerIp {
@@ -161,9 +173,10 @@ struct Server::Impl final : public Host, public DeliverySink {
 	static void on_signal(struct ev_loop *loop, ev_signal *w, int revents) noexcept;
 	static void on_async(struct ev_loop *loop, ev_async *w, int revents) noexcept;
 	static void on_shutdown_tick(struct ev_loop *loop, ev_timer *w, int revents) noexcept;
-	static void on_auth_timeout(lws_sorted_usec_list_t *sul) noexcept;
-	static void on_token_timeout(lws_sorted_usec_list_t *sul) noexcept;
-	static void on_typing_timer(lws_sorted_usec_list_t *sul) noexcept;
+	static void on_auth_timeout(struct ev_loop *loop, ev_timer *w, int revents) noexcept;
+	static void on_token_timeout(struct ev_loop *loop, ev_timer *w, int revents) noexcept;
+	static void on_typing_timer(struct ev_loop *loop, ev_timer *w, int revents) noexcept;
+	static void on_lws_tick(lws_sorted_usec_list_t *sul) noexcept;
 };
 
 // ---------------------------------------------------------------- setup
@@ -364,6 +377,9 @@ Status Server::Impl::init()
 		signal(SIGPIPE, SIG_IGN);
 	}
 	ev_timer_init(&shutdown_timer, &Impl::on_shutdown_tick, 0.01, 0.01);
+	ev_init(&typing_timer, &Impl::on_typing_timer);
+	lws_tick.owner = this;
+	lws_sul_schedule(lws_ctx, 0, &lws_tick.sul, &Impl::on_lws_tick, kLwsTickUs);
 	return ok_status();
 }
 
@@ -741,9 +757,11 @@ int Server::Impl::on_established(lws *wsi, Pss *pss)
 	pending = Pending{};
 	if (claims)
 		handle_upgrade_auth(*ctx, sp->caller, *claims);
-	if (!sp->caller.authenticated)
-		lws_sul_schedule(lws_ctx, 0, &sp->auth_timer.sul, &Impl::on_auth_timeout,
-				 cfg.auth_timeout_ms * LWS_US_PER_MS);
+	if (!sp->caller.authenticated) {
+		ev_timer_init(&sp->auth_timer.w, &Impl::on_auth_timeout,
+			      static_cast<ev_tstamp>(cfg.auth_timeout_ms) / 1000.0, 0.);
+		ev_timer_start(loop, &sp->auth_timer.w);
+	}
 	return 0;
 }
 
@@ -821,8 +839,8 @@ void Server::Impl::on_closed(Pss *pss)
 		return;
 	Session *s = it->second.get();
 	handle_close(*ctx, s->caller);
-	lws_sul_cancel(&s->auth_timer.sul);
-	lws_sul_cancel(&s->token_timer.sul);
+	ev_timer_stop(loop, &s->auth_timer.w);
+	ev_timer_stop(loop, &s->token_timer.w);
 	auto ip = per_ip.find(s->ip);
 	if (ip != per_ip.end() && --ip->second.open <= 0 && cfg.connection_rate_per_ip == 0)
 		per_ip.erase(ip);
@@ -887,36 +905,35 @@ void Server::Impl::token_changed(SessionId id)
 	Session *s = find(id);
 	if (!s)
 		return;
-	lws_sul_cancel(&s->auth_timer.sul); // authenticated: no auth timeout
-	lws_sul_cancel(&s->token_timer.sul);
+	ev_timer_stop(loop, &s->auth_timer.w); // authenticated: no auth timeout
+	ev_timer_stop(loop, &s->token_timer.w);
 	if (!s->caller.token_exp_s)
 		return;
 	int64_t deadline_ms = (*s->caller.token_exp_s + auth.leeway_s) * 1000;
 	int64_t delay_ms = deadline_ms - now_ms();
 	if (delay_ms < 0)
 		delay_ms = 0;
-	lws_sul_schedule(lws_ctx, 0, &s->token_timer.sul, &Impl::on_token_timeout,
-			 delay_ms * LWS_US_PER_MS);
+	ev_timer_init(&s->token_timer.w, &Impl::on_token_timeout,
+		      static_cast<ev_tstamp>(delay_ms) / 1000.0, 0.);
+	ev_timer_start(loop, &s->token_timer.w);
 }
 
 void Server::Impl::typing_changed()
 {
 	auto next = rooms.typing_next_deadline();
-	if (!next) {
-		lws_sul_cancel(&typing_timer.sul);
+	ev_timer_stop(loop, &typing_timer);
+	if (!next)
 		return;
-	}
 	int64_t delay = *next - mono_us();
-	typing_timer.owner = this;
-	lws_sul_schedule(lws_ctx, 0, &typing_timer.sul, &Impl::on_typing_timer,
-			 delay > 0 ? delay : 0);
+	ev_timer_set(&typing_timer, delay > 0 ? static_cast<ev_tstamp>(delay) / 1e6 : 0., 0.);
+	ev_timer_start(loop, &typing_timer);
 }
 
 // ---------------------------------------------------------------- timers
 
-void Server::Impl::on_auth_timeout(lws_sorted_usec_list_t *sul) noexcept
+void Server::Impl::on_auth_timeout(struct ev_loop *, ev_timer *w, int) noexcept
 {
-	auto *t = reinterpret_cast<SessionTimer *>(sul);
+	auto *t = reinterpret_cast<SessionTimer *>(w);
 	auto *self = static_cast<Impl *>(t->owner);
 	Session *s = self->find(t->id);
 	if (!s || s->caller.authenticated || s->caller.closing)
@@ -927,9 +944,9 @@ void Server::Impl::on_auth_timeout(lws_sorted_usec_list_t *sul) noexcept
 	self->close(t->id, kClosePolicy, "authentication timeout");
 }
 
-void Server::Impl::on_token_timeout(lws_sorted_usec_list_t *sul) noexcept
+void Server::Impl::on_token_timeout(struct ev_loop *, ev_timer *w, int) noexcept
 {
-	auto *t = reinterpret_cast<SessionTimer *>(sul);
+	auto *t = reinterpret_cast<SessionTimer *>(w);
 	auto *self = static_cast<Impl *>(t->owner);
 	Session *s = self->find(t->id);
 	if (!s)
@@ -943,11 +960,17 @@ void Server::Impl::on_token_timeout(lws_sorted_usec_list_t *sul) noexcept
 	handle_token_expiry(*self->ctx, s->caller);
 }
 
-void Server::Impl::on_typing_timer(lws_sorted_usec_list_t *sul) noexcept
+void Server::Impl::on_typing_timer(struct ev_loop *l, ev_timer *, int) noexcept
 {
-	auto *self = static_cast<Impl *>(reinterpret_cast<SessionTimer *>(sul)->owner);
+	auto *self = static_cast<Impl *>(ev_userdata(l));
 	handle_typing_expiry(*self->ctx, mono_us());
 	self->typing_changed();
+}
+
+void Server::Impl::on_lws_tick(lws_sorted_usec_list_t *sul) noexcept
+{
+	Impl *self = reinterpret_cast<LwsTick *>(sul)->owner;
+	lws_sul_schedule(self->lws_ctx, 0, &self->lws_tick.sul, &Impl::on_lws_tick, kLwsTickUs);
 }
 
 // ---------------------------------------------------------------- signals, stop, reload

@@ -4,6 +4,7 @@
 // everything else refers to a session by its SessionId.
 #pragma once
 
+#include <ev.h>
 #include <libwebsockets.h>
 
 #include <deque>
@@ -17,10 +18,10 @@ namespace qc {
 
 static_assert(kFrameHeadroom >= LWS_PRE, "frame headroom must cover lws's LWS_PRE");
 
-// A timer of one session.  `sul` comes first so that an lws timer callback,
-// which only gets the sul, can recover the whole record.
+// A timer of one session on the server's event loop.  `w` comes first so
+// that the callback, which gets the watcher, can recover the record.
 struct SessionTimer {
-	lws_sorted_usec_list_t sul;
+	ev_timer w;
 	SessionId id;      // whose timer
 	void *owner;       // the server that armed it
 };

@@ -1,0 +1,58 @@
+// Shared by the integration tests: cmocka, the support library, and
+// shorthands for starting a server and talking to it.
+#pragma once
+// clang-format off
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+extern "C" {
+#include <cmocka.h>
+}
+// clang-format on
+
+#include <csignal>
+#include <string>
+
+#include "../support/chat.hpp"
+#include "../support/jwt.hpp"
+#include "../support/spawn.hpp"
+#include "../support/wsclient.hpp"
+
+namespace qc::test {
+
+inline std::unique_ptr<ServerProcess> start_server(
+	std::vector<std::pair<std::string, std::string>> config = {})
+{
+	ServerOptions o;
+	o.config = std::move(config);
+	return ServerProcess::start(o);
+}
+
+inline std::unique_ptr<WsClient> ws(const ServerProcess &s, const std::string &target = "/ws",
+				    const Headers &h = {})
+{
+	auto c = WsClient::connect(s.port(), target, h);
+	if (!c)
+		fail_msg("WebSocket connection to %s refused", target.c_str());
+	return c;
+}
+
+// JSON body of an HTTP response.
+inline Json http_json(const HttpResponse &r)
+{
+	Json j = parse_json(r.body);
+	if (!j)
+		fail_msg("HTTP %d body is not JSON: %s", r.status, r.body.c_str());
+	return j;
+}
+
+} // namespace qc::test
+
+#define assert_str_eq(a, b) assert_string_equal(std::string(a).c_str(), std::string(b).c_str())
+#define assert_contains(hay, needle)                                                               \
+	do {                                                                                       \
+		std::string h_ = (hay), n_ = (needle);                                             \
+		if (h_.find(n_) == std::string::npos)                                              \
+			fail_msg("expected to find \"%s\" in:\n%s", n_.c_str(), h_.c_str());       \
+	} while (0)

@@ -108,14 +108,23 @@ $(BUILD)/tests/integration/%: $(BUILD)/tests/integration/%.o $(SUPPORT_OBJS)
 
 # Tests run from the repository root; integration tests start the binary
 # named by QRYPTCHATD on 127.0.0.1 port 0.
+# Under SANITIZE, every process (tests and the servers they start) writes
+# its sanitizer reports under $(BUILD)/sanitizer-reports; any report fails
+# the run, even one from a server a test stopped.
+ifneq ($(SANITIZE),)
+TEST_ENV = SANITIZER_REPORTS=$(BUILD)/sanitizer-reports \
+	ASAN_OPTIONS=log_path=$(BUILD)/sanitizer-reports/asan:detect_leaks=1 \
+	UBSAN_OPTIONS=log_path=$(BUILD)/sanitizer-reports/ubsan:print_stacktrace=1
+endif
+
 test: all $(UNIT_BINS) $(INTEG_BINS) lint
-	@QRYPTCHATD=$(BUILD)/qryptchatd scripts/run-tests $(UNIT_BINS) $(INTEG_BINS)
+	@QRYPTCHATD=$(BUILD)/qryptchatd $(TEST_ENV) scripts/run-tests $(UNIT_BINS) $(INTEG_BINS)
 
 unit: $(UNIT_BINS)
-	@scripts/run-tests $(UNIT_BINS)
+	@$(TEST_ENV) scripts/run-tests $(UNIT_BINS)
 
 integration: all $(INTEG_BINS)
-	@QRYPTCHATD=$(BUILD)/qryptchatd scripts/run-tests $(INTEG_BINS)
+	@QRYPTCHATD=$(BUILD)/qryptchatd $(TEST_ENV) scripts/run-tests $(INTEG_BINS)
 
 lint:
 	@for m in man/*.[0-9]; do mandoc -Tlint -Wwarning $$m || exit 1; done

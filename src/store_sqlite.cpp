@@ -56,6 +56,13 @@ public:
 	Use(const Use &) = delete;
 	Use &operator=(const Use &) = delete;
 
+	// Text is bound without a copy (SQLITE_STATIC): it must outlive the
+	// step() of this use, so never bind a temporary.
+	Use &bind(int i, const char *literal)
+	{
+		sqlite3_bind_text(s_, i, literal, -1, SQLITE_STATIC);
+		return *this;
+	}
 	Use &bind(int i, const std::string &v)
 	{
 		sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
@@ -508,7 +515,7 @@ Result<CreatedConversation> SqliteStore::create_conversation(const NewConversati
 			// Both sides are participants again if one had been removed.
 			for (const auto &who : {c.creator, c.members[0]}) {
 				Use p(part_insert_);
-				p.bind(1, existing.id).bind(2, who).bind(3, std::string("member"));
+				p.bind(1, existing.id).bind(2, who).bind(3, "member");
 				p.bind(4, c.now);
 				if (p.step() != SQLITE_DONE) {
 					write_failed_ = true;
@@ -539,7 +546,7 @@ Result<CreatedConversation> SqliteStore::create_conversation(const NewConversati
 	}
 	auto add = [&](const std::string &who, const char *role) {
 		Use p(part_insert_);
-		p.bind(1, c.id).bind(2, who).bind(3, std::string(role)).bind(4, c.now);
+		p.bind(1, c.id).bind(2, who).bind(3, role).bind(4, c.now);
 		return p.step() == SQLITE_DONE;
 	};
 	if (!add(c.creator, "admin")) {

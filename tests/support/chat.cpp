@@ -244,14 +244,13 @@ std::unique_ptr<WsClient> connect_as(int port, const std::string &sub,
 	bool ok;
 	{
 		HttpResponse answer;
+		std::string token = token_for(sub, 3600, extra_claims);
 		c = WsClient::connect(port, "/ws", {}, &answer);
 		ok = c != nullptr;
 		if (!ok) {
 			set_failure("handshake on port %d failed: HTTP status %d, body: %.*s", port,
 				    answer.status, kQuoteMax, answer.body.c_str());
-		} else if (!send_request(*c, "auth",
-					 "{\"token\":" + jquote(token_for(sub, 3600, extra_claims)) +
-						 "}")) {
+		} else if (!send_request(*c, "auth", "{\"token\":" + jquote(token) + "}")) {
 			ok = false;
 			set_failure("cannot send auth");
 		} else {

@@ -6,10 +6,37 @@
 
 #include <ctime>
 
-#include "chat.hpp"
 #include "spawn.hpp"
 
 namespace qc::test {
+
+namespace {
+
+// A JSON string literal for `text`: '"' and '\' escaped, control
+// characters as \u00XX.  Not chat.hpp's jquote, so that minting tokens needs
+// neither cJSON nor the WebSocket client.
+std::string json_string(const std::string &text)
+{
+	static const char kHex[] = "0123456789abcdef";
+	std::string out = "\"";
+	for (char ch : text) {
+		unsigned char c = static_cast<unsigned char>(ch);
+		if (c == '"' || c == '\\') {
+			out.push_back('\\');
+			out.push_back(ch);
+		} else if (c < 0x20) {
+			out += "\\u00";
+			out.push_back(kHex[c >> 4]);
+			out.push_back(kHex[c & 15]);
+		} else {
+			out.push_back(ch);
+		}
+	}
+	out.push_back('"');
+	return out;
+}
+
+} // namespace
 
 std::string b64url(const std::string &bytes)
 {
@@ -58,7 +85,7 @@ std::string sign_jwt(const std::string &header_json, const std::string &payload_
 std::string token_for(const std::string &sub, long ttl_s, const std::string &extra)
 {
 	long now = now_s();
-	std::string payload = "{\"sub\":" + jquote(sub) + ",\"iat\":" + std::to_string(now) +
+	std::string payload = "{\"sub\":" + json_string(sub) + ",\"iat\":" + std::to_string(now) +
 			      ",\"exp\":" + std::to_string(now + ttl_s);
 	if (!extra.empty())
 		payload += "," + extra;

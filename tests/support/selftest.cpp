@@ -58,8 +58,8 @@ constexpr int kPeerTimeoutMs = 5000;
 
 long elapsed_ms(Clock::time_point since)
 {
-	return static_cast<long>(
-		std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - since).count());
+	auto d = Clock::now() - since;
+	return static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
 }
 
 int remaining_ms(Clock::time_point deadline)
@@ -85,7 +85,10 @@ struct Record {
 		if (!ok)
 			errors.push_back(what);
 	}
-	void note(const std::string &key, const std::string &value) { seen.emplace_back(key, value); }
+	void note(const std::string &key, const std::string &value)
+	{
+		seen.emplace_back(key, value);
+	}
 	std::string get(const std::string &key) const
 	{
 		for (const auto &kv : seen)
@@ -247,7 +250,9 @@ public:
 	{
 		if (!read_request(req))
 			return false;
-		std::string acc = accept.empty() ? ws_accept(req.header("Sec-WebSocket-Key")) : accept;
+		std::string acc = accept;
+		if (acc.empty())
+			acc = ws_accept(req.header("Sec-WebSocket-Key"));
 		return write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
 			     "Connection: Upgrade\r\nSec-WebSocket-Accept: " +
 			     acc + "\r\n\r\n" + after);
@@ -552,7 +557,7 @@ void test_token_for(void **)
 {
 	assert_true(std::strlen(kTestSecret) >= 32);
 	long before = now_s();
-	std::string tok = token_for("o\"dd\\sub", 60, "\"email\":\"a@b.c\",\"n\":[1]");
+	std::string tok = token_for("o\"dd\\sub\n\x01", 60, "\"email\":\"a@b.c\",\"n\":[1]");
 	long after = now_s();
 	size_t d1 = tok.find('.');
 	size_t d2 = tok.find('.', d1 + 1);
@@ -563,7 +568,7 @@ void test_token_for(void **)
 	assert_string_equal(header.c_str(), "{\"alg\":\"HS256\",\"typ\":\"JWT\"}");
 	Json j = parse_json(payload);
 	assert_non_null(j.get());
-	assert_string_equal(jstr(j.get(), "sub").c_str(), "o\"dd\\sub");
+	assert_string_equal(jstr(j.get(), "sub").c_str(), "o\"dd\\sub\n\x01");
 	double iat = jnum(j.get(), "iat");
 	assert_true(iat >= before && iat <= after);
 	assert_true(jnum(j.get(), "exp") == iat + 60);
@@ -807,8 +812,9 @@ void test_ws_fragments_and_pings(void **)
 		Request req;
 		if (!p.handshake(req))
 			return;
-		p.write(srv_frame(1, "Hel", false) + srv_frame(9, "p1") + srv_frame(0, "lo", false) +
-			srv_frame(10, "unsolicited") + srv_frame(0, " world", true) +
+		p.write(srv_frame(1, "Hel", false) + srv_frame(9, "p1") +
+			srv_frame(0, "lo", false) + srv_frame(10, "unsolicited") +
+			srv_frame(0, " world", true) +
 			srv_frame(2, "ab", false) + srv_frame(0, "", false) + srv_frame(0, "cd"));
 		SrvFrame f;
 		rec->check(p.read_frame(f) && f.opcode == 10 && f.masked && f.payload == "p1",
@@ -902,6 +908,42 @@ void test_ws_partial_data_and_timeouts(void **)
 	assert_string_equal(ev.data.c_str(), "frag-ment");
 	c.reset();
 	lb.join();
+	assert_record_ok(*rec);
+}
+
+void test_ws_timeout_is_overall(void **)
+{
+	// Pings every 50 ms for 1.5 s: each wakes recv() up, yet recv(300)
+	// returns Timeout after about 300 ms, and answers every ping.
+	auto rec = std::make_shared<Record>();
+	Loopback lb([rec](Peer &p) {
+		Request req;
+		if (!p.handshake(req))
+			return;
+		for (int i = 0; i < 30; i++) {
+			p.write(srv_frame(9, std::to_string(i)));
+			::poll(nullptr, 0, 50); // pacing of the trickle, not synchronisation
+		}
+		p.write(srv_frame(1, "done"));
+		int pongs = 0;
+		SrvFrame f;
+		while (pongs < 30 && p.read_frame(f) && f.opcode == 10 &&
+		       f.payload == std::to_string(pongs))
+			pongs++;
+		rec->check(pongs == 30, "30 pongs in order, got " + std::to_string(pongs));
+	});
+	auto c = WsClient::connect(lb.port());
+	assert_non_null(c.get());
+	auto t0 = Clock::now();
+	assert_int_equal(c->recv(300).kind, WsEvent::Timeout);
+	long took = elapsed_ms(t0);
+	assert_true(took >= 290 && took < 700);
+	WsEvent ev = c->recv();
+	assert_int_equal(ev.kind, WsEvent::Text);
+	assert_string_equal(ev.data.c_str(), "done");
+	assert_int_equal(c->pings_received(), 30);
+	lb.join();
+	c.reset();
 	assert_record_ok(*rec);
 }
 
@@ -1081,8 +1123,8 @@ void test_ws_refused(void **)
 		Loopback lb([](Peer &p) {
 			Request req;
 			p.read_request(req);
-			p.write("HTTP/1.1 403 Forbidden\r\nX-Why:  test \r\nContent-Length: 5\r\n\r\n"
-				"nope!trailing");
+			p.write("HTTP/1.1 403 Forbidden\r\nX-Why:  test \r\n"
+				"Content-Length: 5\r\n\r\nnope!trailing");
 			int frames;
 			p.wait_eof(frames);
 		});
@@ -1165,7 +1207,8 @@ void test_http_request(void **)
 				p.write("HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nabc");
 				p.wait_eof(frames);
 			} else {
-				p.write("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nto eof");
+				p.write("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+					"to eof");
 			}
 		},
 		5);
@@ -1229,10 +1272,10 @@ void test_http_request_to(void **)
 		assert_string_equal(rec->get("host").c_str(),
 				    ("127.0.0.1:" + std::to_string(lb.port())).c_str());
 	}
+	rec->seen.clear();
 	{
 		Loopback lb6(answer, 1, AF_INET6);
 		if (lb6.ok()) {
-			rec->seen.clear();
 			HttpResponse r = http_request_to("::1", lb6.port(), "GET", "/");
 			assert_int_equal(r.status, 204);
 			lb6.join();
@@ -1281,15 +1324,18 @@ Script fake_chat(std::shared_ptr<Record> rec)
 						   b64url_decode(token.substr(d1 + 1, d2 - d1 - 1)),
 						   kTestSecret) == token;
 				rec->check(ok, "token signature");
-				rec->note("claims", b64url_decode(token.substr(d1 + 1, d2 - d1 - 1)));
+				std::string claims = token.substr(d1 + 1, d2 - d1 - 1);
+				rec->note("claims", b64url_decode(claims));
 				p.write(srv_frame(1, "{\"type\":\"auth_success\",\"payload\":{}}"));
 			} else if (type == "ping") {
-				p.write(srv_frame(1, "{\"type\":\"pong\",\"payload\":{},\"requestId\":" +
-							     ridj + "}"));
+				p.write(srv_frame(1, "{\"type\":\"pong\",\"payload\":{},"
+						     "\"requestId\":" + ridj + "}"));
 			} else if (type == "echo") {
 				char *payload = cJSON_PrintUnformatted(jget(j.get(), "payload"));
-				p.write(srv_frame(1, std::string("{\"type\":\"echo\",\"payload\":") +
-							     payload + ",\"requestId\":" + ridj + "}"));
+				std::string text = "{\"type\":\"echo\",\"payload\":";
+				text += payload;
+				text += ",\"requestId\":" + ridj + "}";
+				p.write(srv_frame(1, text));
 				cJSON_free(payload);
 			} else if (type == "bad") {
 				p.write(srv_frame(1, "{\"type\":\"error\",\"payload\":{\"code\":"
@@ -1338,7 +1384,8 @@ void test_chat_helpers(void **)
 			texts.push_back(kv.second);
 	assert_int_equal(texts.size(), 9);
 	assert_string_equal(texts[1].c_str(),
-			    "{\"type\":\"echo\",\"payload\":{\"n\":[1,{\"x\":2}]},\"requestId\":\"r1\"}");
+			    "{\"type\":\"echo\",\"payload\":{\"n\":[1,{\"x\":2}]},"
+			    "\"requestId\":\"r1\"}");
 	assert_string_equal(texts[2].c_str(), "{\"type\":\"echo\",\"payload\":{}}");
 	assert_string_equal(texts[3].c_str(),
 			    "{\"type\":\"ping\",\"payload\":{},\"requestId\":\"quiet-1\"}");
@@ -1351,8 +1398,9 @@ void test_chat_helpers(void **)
 	assert_true(jnum(claims.get(), "exp") - jnum(claims.get(), "iat") == 3600);
 }
 
-// An echo server: every text frame comes back verbatim, on any number of
-// connections.
+// An echo server: every text frame comes back verbatim, except that a
+// ping request gets a pong for the wrong requestId and "close-me" a Close
+// 4000.
 Script echo_text()
 {
 	return [](Peer &p) {
@@ -1363,14 +1411,20 @@ Script echo_text()
 			SrvFrame f;
 			if (!p.read_frame(f) || f.opcode == 8)
 				return;
-			p.write(srv_frame(1, f.payload));
+			if (f.payload == "close-me")
+				p.write(srv_frame(8, close_payload(4000, "")));
+			else if (contains(f.payload, "\"type\":\"ping\""))
+				p.write(srv_frame(1, "{\"type\":\"pong\","
+						     "\"requestId\":\"stale-7\"}"));
+			else
+				p.write(srv_frame(1, f.payload));
 		}
 	};
 }
 
 void test_chat_failures(void **)
 {
-	Loopback lb(echo_text(), 7);
+	Loopback lb(echo_text(), 10);
 	const int port = lb.port();
 	assert_true(fails_with(
 		[port] {
@@ -1415,6 +1469,25 @@ void test_chat_failures(void **)
 		{"close 1000", "still-open"}));
 	assert_true(fails_with([port] { connect_as(port, "mallory"); },
 			       {"connect_as(mallory)", "auth_success", "\"type\":\"auth\""}));
+	assert_true(fails_with(
+		[port] {
+			auto c = WsClient::connect(port);
+			c->send_text("close-me");
+			expect_close(*c, 1000);
+		},
+		{"close 1000", "close frame 4000"}));
+	assert_true(fails_with(
+		[port] {
+			auto c = WsClient::connect(port);
+			expect_quiet(*c);
+		},
+		{"pong for quiet-", "stale-7"}));
+	{
+		auto c = WsClient::connect(port); // code 0: any close will do
+		assert_non_null(c.get());
+		assert_true(c->send_text("close-me"));
+		expect_close(*c, 0);
+	}
 	lb.join();
 	int holder = -1;
 	int refused = refusing_port(holder);
@@ -1523,8 +1596,9 @@ void test_run_binary(void **)
 			"head -c 300000 /dev/zero | tr '\\0' o\n"
 			"head -c 300000 /dev/zero | tr '\\0' e >&2\n"
 			"exit 7\n");
-	RunResult r = run_binary({"--check-config", "a b"},
-				 {{"QCT_EXTRA", "y"}, {"QRYPTCHAT_GIVEN", "z"}, {"QCT_INHERITED", "2"}});
+	RunResult r = run_binary(
+		{"--check-config", "a b"},
+		{{"QCT_EXTRA", "y"}, {"QRYPTCHAT_GIVEN", "z"}, {"QCT_INHERITED", "2"}});
 	assert_int_equal(r.status, 7);
 	const std::string head = "args:--check-config a b\nQCT_EXTRA=y\nQCT_INHERITED=2\n"
 				 "QRYPTCHAT_GIVEN=z\n";
@@ -1693,6 +1767,7 @@ int main(void)
 		cmocka_unit_test(test_ws_rfc6455_accept),
 		cmocka_unit_test(test_ws_fragments_and_pings),
 		cmocka_unit_test(test_ws_partial_data_and_timeouts),
+		cmocka_unit_test(test_ws_timeout_is_overall),
 		cmocka_unit_test(test_ws_server_close),
 		cmocka_unit_test(test_ws_empty_close_and_lingering_server),
 		cmocka_unit_test(test_ws_client_close_first),

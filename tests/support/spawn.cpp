@@ -144,10 +144,10 @@ bool wait_pid_until(pid_t pid, Clock::time_point deadline, int &status)
 
 bool filtered_name(const std::string &name)
 {
-	return name.compare(0, 10, "QRYPTCHAT_") == 0 || name == "WEBSOCKET_PORT";
+	return name.compare(0, 10, "QRYPTCHAT_") == 0 || name.compare(0, 14, "WEBSOCKET_PORT") == 0;
 }
 
-// The child's environment: ours minus QRYPTCHAT_* and WEBSOCKET_PORT, minus
+// The child's environment: ours minus QRYPTCHAT_* and WEBSOCKET_PORT*, minus
 // the names in `extra`, plus `extra`.
 std::vector<std::string> child_env(const Env &extra)
 {

@@ -373,7 +373,8 @@ bool parse_head(const std::string &head, HttpResponse &resp)
 		size_t colon = line.find(':');
 		if (colon == std::string::npos)
 			continue;
-		resp.headers.emplace_back(trim(line.substr(0, colon)), trim(line.substr(colon + 1)));
+		resp.headers.emplace_back(trim(line.substr(0, colon)),
+					  trim(line.substr(colon + 1)));
 	}
 	return !first;
 }
@@ -700,7 +701,8 @@ bool WsClient::Impl::handle(Frame &f, WsEvent &ev)
 			msg = std::move(f.payload);
 			return false;
 		}
-		ev = make_event(f.opcode == 1 ? WsEvent::Text : WsEvent::Binary, std::move(f.payload));
+		ev = make_event(f.opcode == 1 ? WsEvent::Text : WsEvent::Binary,
+				std::move(f.payload));
 		return true;
 	case 0:
 		if (msg_opcode == 0) {

@@ -156,4 +156,7 @@ clean:
 
 FORCE:
 
+# Objects are kept between runs, not removed as intermediates.
+.SECONDARY:
+
 -include $(shell find build -name '*.d' 2>/dev/null)

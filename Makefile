@@ -5,6 +5,7 @@
 #   make run                  start a development server and print tokens
 #   make install              PREFIX=/usr/local, DESTDIR for staging
 #   make SANITIZE=address,undefined test
+#   make bench                build the benchmark tools (bench/README.md)
 #   make lint                 mandoc -Tlint on the man pages
 #   make clean
 
@@ -64,12 +65,14 @@ INTEG_BINS := $(INTEG_SRCS:tests/integration/%.cpp=$(BUILD)/tests/integration/%)
 
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.0)
 
-.PHONY: all test unit integration run install uninstall clean lint help FORCE
+BENCH_BINS := $(BUILD)/bench/qryptchat-bench $(BUILD)/bench/loop-cost
+
+.PHONY: all test unit integration run install uninstall clean lint help bench FORCE
 
 all: $(BUILD)/qryptchatd $(BUILD)/libqryptchat.a
 
 help:
-	@sed -n '3,10p' Makefile
+	@sed -n '3,11p' Makefile
 
 $(BUILD)/qryptchatd: $(MAIN_OBJ) $(BUILD)/libqryptchat.a
 	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS)
@@ -125,6 +128,17 @@ unit: $(UNIT_BINS)
 
 integration: all $(INTEG_BINS)
 	@QRYPTCHATD=$(BUILD)/qryptchatd $(TEST_ENV) scripts/run-tests $(INTEG_BINS)
+
+# Benchmark tools (never part of `make test`); bench/README.md says how to
+# run them.
+bench: all $(BENCH_BINS)
+	@echo "built: $(BENCH_BINS)"
+
+$(BUILD)/bench/qryptchat-bench: $(BUILD)/bench/qryptchat-bench.o $(BUILD)/libqryptchat.a
+	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(BUILD)/bench/loop-cost: $(BUILD)/bench/loop-cost.o $(BUILD)/tests/support/wsclient.o
+	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
 lint:
 	@for m in man/*.[0-9]; do mandoc -Tlint -Wwarning $$m || exit 1; done

@@ -6,6 +6,7 @@
 #   make install              PREFIX=/usr/local, DESTDIR for staging
 #   make SANITIZE=address,undefined test
 #   make bench                build the benchmark tools (bench/README.md)
+#   make bench-peers          install the Node + ws comparison server
 #   make lint                 mandoc -Tlint on the man pages
 #   make clean
 
@@ -31,7 +32,7 @@ endif
 
 # Dependencies first: scripts/deps installs missing Debian packages (as
 # root) or says exactly what to install.  Not needed to clean.
-NODEPS_GOALS := clean help uninstall
+NODEPS_GOALS := clean help uninstall bench-peers
 ifneq ($(filter-out $(NODEPS_GOALS),$(or $(MAKECMDGOALS),all)),)
 DEPS_STATUS := $(shell scripts/deps >&2; echo $$?)
 ifneq ($(DEPS_STATUS),0)
@@ -67,12 +68,12 @@ VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.
 
 BENCH_BINS := $(BUILD)/bench/qryptchat-bench $(BUILD)/bench/loop-cost
 
-.PHONY: all test unit integration run install uninstall clean lint help bench FORCE
+.PHONY: all test unit integration run install uninstall clean lint help bench bench-peers FORCE
 
 all: $(BUILD)/qryptchatd $(BUILD)/libqryptchat.a
 
 help:
-	@sed -n '3,11p' Makefile
+	@sed -n '3,12p' Makefile
 
 $(BUILD)/qryptchatd: $(MAIN_OBJ) $(BUILD)/libqryptchat.a
 	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS)
@@ -133,6 +134,11 @@ integration: all $(INTEG_BINS)
 # run them.
 bench: all $(BENCH_BINS)
 	@echo "built: $(BENCH_BINS)"
+
+# The Node + ws comparison server (bench/peers/node), from the npm registry;
+# better-sqlite3 compiles against the system's Node headers.
+bench-peers:
+	cd bench/peers/node && npm_config_nodedir=/usr npm ci --no-audit --no-fund
 
 $(BUILD)/bench/qryptchat-bench: $(BUILD)/bench/qryptchat-bench.o $(BUILD)/libqryptchat.a
 	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS)

@@ -97,4 +97,24 @@ FramePtr build_error(const Error &e, const std::optional<std::string> &request_i
 	});
 }
 
+size_t ws_text_header(size_t payload_len, unsigned char out[kMaxFrameHeader])
+{
+	out[0] = 0x81; // FIN, opcode 1 (text)
+	if (payload_len < 126) {
+		out[1] = static_cast<unsigned char>(payload_len);
+		return 2;
+	}
+	if (payload_len <= 0xffff) {
+		out[1] = 126;
+		out[2] = static_cast<unsigned char>(payload_len >> 8);
+		out[3] = static_cast<unsigned char>(payload_len);
+		return 4;
+	}
+	out[1] = 127;
+	uint64_t n = payload_len;
+	for (int i = 9; i >= 2; i--, n >>= 8)
+		out[i] = static_cast<unsigned char>(n);
+	return 10;
+}
+
 } // namespace qc

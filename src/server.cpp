@@ -38,9 +38,14 @@ struct HttpReply {
 	bool head_only = false;  // HEAD: headers were the whole answer
 };
 
-// Writing several queued frames per WRITEABLE (while the socket takes
-// them) instead of one saves a loop round trip per frame under load.
+// With permessage-deflate, lws frames (and compresses) each message: up to
+// this many are written per WRITEABLE while the socket takes them, which
+// saves a loop round trip per frame under load.
 constexpr int kMaxFramesPerWriteable = 16;
+
+// Without it, frames are framed here and written together: up to this many
+// bytes per system call (a larger frame goes alone).
+constexpr size_t kMaxWriteBytes = 64 * 1024;
 
 // See Impl::lws_tick.
 constexpr lws_usec_t kLwsTickUs = 100 * LWS_US_PER_MS;
@@ -98,6 +103,17 @@ struct Server::Impl final : public Host, public DeliverySink {
 
 	SessionId next_id = 1;
 	std::unordered_map<SessionId, std::unique_ptr<Session>> sessions;
+
+	// Output.  A frame queued during a loop turn is written when the turn
+	// ends (an ev_prepare watcher runs just before the loop waits): every
+	// frame queued to one socket in that turn goes out in one send(), and
+	// a socket that takes it all costs no epoll_ctl() to ask for POLLOUT.
+	// Only when the kernel does not take everything does lws hold the rest
+	// and call WRITEABLE once the socket drains.
+	bool raw_writes = true;            // false with permessage-deflate
+	ev_prepare flush_watcher{};
+	std::vector<SessionId> to_flush;   // sessions with frames queued this turn
+	std::string wire;                  // the bytes of one write
 	ev_timer typing_timer{};           // the earliest typing deadline
 	// lws 4.1.6's libev glue re-arms its timer with ev_timer_set() on a
 	// watcher that may still be active, which libev ignores: a timer added
@@ -150,6 +166,7 @@ struct Server::Impl final : public Host, public DeliverySink {
 	int on_established(lws *wsi, Pss *pss);
 	int on_receive(lws *wsi, Pss *pss, const void *in, size_t len);
 	int on_writeable(lws *wsi, Pss *pss);
+	bool write_queued(Session *s);
 	void on_closed(Pss *pss);
 	void on_destroy(Pss *pss);
 
@@ -177,6 +194,7 @@ struct Server::Impl final : public Host, public DeliverySink {
 	static void on_token_timeout(struct ev_loop *loop, ev_timer *w, int revents) noexcept;
 	static void on_typing_timer(struct ev_loop *loop, ev_timer *w, int revents) noexcept;
 	static void on_lws_tick(lws_sorted_usec_list_t *sul) noexcept;
+	static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents) noexcept;
 };
 
 // ---------------------------------------------------------------- setup
@@ -283,6 +301,9 @@ Status Server::Impl::create_context()
 	// The receive buffer bounds one RECEIVE chunk; messages are reassembled
 	// in the session, so a small buffer costs calls, not correctness.
 	protocols[0].rx_buffer_size = 4096;
+	// One coalesced write goes to the kernel in one piece (lws would
+	// otherwise cut sends at rx_buffer_size and buffer the rest).
+	protocols[0].tx_packet_size = kMaxWriteBytes;
 	// protocols[1] stays all-NULL: the terminator (lws 4.1.6 has no
 	// LWS_PROTOCOL_LIST_TERM).
 
@@ -382,6 +403,9 @@ Status Server::Impl::init()
 	}
 	ev_timer_init(&shutdown_timer, &Impl::on_shutdown_tick, 0.01, 0.01);
 	ev_init(&typing_timer, &Impl::on_typing_timer);
+	raw_writes = !cfg.permessage_deflate;
+	ev_prepare_init(&flush_watcher, &Impl::on_prepare);
+	ev_prepare_start(loop, &flush_watcher);
 	lws_tick.owner = this;
 	lws_sul_schedule(lws_ctx, 0, &lws_tick.sul, &Impl::on_lws_tick, kLwsTickUs);
 	return ok_status();
@@ -805,12 +829,85 @@ int Server::Impl::on_receive(lws *wsi, Pss *pss, const void *in, size_t len)
 	return 0;
 }
 
+// Writes the queued frames, framed here, up to kMaxWriteBytes per send(),
+// while the socket takes them.  What the kernel does not take, lws keeps
+// and writes first when the socket drains (lws_write with LWS_WRITE_RAW
+// appends to lws's own pending output, so nothing is reordered, pings and
+// close frames included); until then nothing more is handed to it, so lws
+// holds at most one write and the rest stays in the bounded queue.
+// Returns false when the connection failed.
+bool Server::Impl::write_queued(Session *s)
+{
+	lws *wsi = s->wsi;
+	while (!s->outq.empty()) {
+		if (lws_partial_buffered(wsi)) {
+			lws_callback_on_writable(wsi);
+			return true;
+		}
+		wire.clear();
+		uint64_t frames = 0, bytes = 0;
+		while (!s->outq.empty()) {
+			const Frame &f = *s->outq.front();
+			if (frames > 0 && wire.size() + kMaxFrameHeader + f.size() > kMaxWriteBytes)
+				break;
+			unsigned char head[kMaxFrameHeader];
+			wire.append(reinterpret_cast<char *>(head), ws_text_header(f.size(), head));
+			wire.append(f.data(), f.size());
+			frames++;
+			bytes += f.size();
+			s->out_bytes -= f.size();
+			s->outq.pop_front();
+		}
+		if (lws_write(wsi, reinterpret_cast<unsigned char *>(&wire[0]), wire.size(),
+			      LWS_WRITE_RAW) < static_cast<int>(wire.size()))
+			return false;
+		stats.frames_out += frames;
+		stats.bytes_out += bytes;
+	}
+	// Give back the memory of an unusually large write.
+	if (wire.capacity() > 4 * kMaxWriteBytes)
+		std::string().swap(wire);
+	return true;
+}
+
+void Server::Impl::on_prepare(struct ev_loop *l, ev_prepare *, int) noexcept
+{
+	auto *self = static_cast<Impl *>(ev_userdata(l));
+	if (self->to_flush.empty())
+		return;
+	std::vector<SessionId> list;
+	list.swap(self->to_flush);
+	for (SessionId id : list) {
+		Session *s = self->find(id);
+		if (!s || !s->wsi)
+			continue;
+		s->flush_pending = false;
+		bool ok;
+		try {
+			ok = self->write_queued(s);
+		} catch (const std::exception &e) {
+			QC_ERR("write_exception session=%llu what=%s", static_cast<unsigned long long>(id),
+			       log_str(e.what()).c_str());
+			ok = false;
+		}
+		if (!ok) // lws closes it on its next turn
+			lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+	}
+	// Put the (usually empty) list back to keep its capacity.
+	if (self->to_flush.empty()) {
+		list.clear();
+		self->to_flush.swap(list);
+	}
+}
+
 int Server::Impl::on_writeable(lws *wsi, Pss *pss)
 {
 	Session *s = find(pss->id);
 	if (!s)
 		return -1;
-	for (int n = 0; n < kMaxFramesPerWriteable && !s->outq.empty(); n++) {
+	if (raw_writes && !write_queued(s))
+		return -1;
+	for (int n = 0; !raw_writes && n < kMaxFramesPerWriteable && !s->outq.empty(); n++) {
 		if (n > 0 && lws_send_pipe_choked(wsi))
 			break;
 		FramePtr f = std::move(s->outq.front());
@@ -875,7 +972,12 @@ void Server::Impl::deliver(SessionId id, const FramePtr &f)
 		return;
 	switch (s->enqueue(f, static_cast<size_t>(cfg.max_queue_bytes))) {
 	case Session::Enq::Queued:
-		lws_callback_on_writable(s->wsi);
+		if (!raw_writes) {
+			lws_callback_on_writable(s->wsi);
+		} else if (!s->flush_pending) {
+			s->flush_pending = true;
+			to_flush.push_back(id);
+		}
 		return;
 	case Session::Enq::Dropped:
 		return;

@@ -88,4 +88,12 @@ FramePtr build_frame(std::string_view type, std::string_view request_id, F &&pay
 // absent: payload.requestId is then null and the envelope's is fresh).
 FramePtr build_error(const Error &e, const std::optional<std::string> &request_id);
 
+// The header of an unmasked, final WebSocket text frame (RFC 6455 §5.2)
+// carrying `payload_len` bytes: written to `out`, its length (2, 4 or 10)
+// returned.  Server frames need no mask, so every recipient of a message
+// gets the same header: frames can be framed here and written several to
+// a system call.
+constexpr size_t kMaxFrameHeader = 10;
+size_t ws_text_header(size_t payload_len, unsigned char out[kMaxFrameHeader]);
+
 } // namespace qc

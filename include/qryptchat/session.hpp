@@ -37,9 +37,11 @@ struct Session {
 	bool rx_active = false;                // a message is in progress
 	bool rx_binary = false;                // it is a binary message
 
-	// Outbound queue: shared frames, written only from WRITEABLE.
+	// Outbound queue: shared frames, written at the end of the loop turn
+	// that queued them (several per system call) or from WRITEABLE.
 	std::deque<FramePtr> outq;
 	size_t out_bytes = 0;                  // payload bytes queued (bounded by max_queue_bytes)
+	bool flush_pending = false;            // listed for the end-of-turn write
 
 	// A close the server decided on; sent from the next WRITEABLE.
 	int close_code = 0;                    // 0: none pending

@@ -117,6 +117,32 @@ static void test_frame_layout(void **)
 	assert_int_equal(r.size(), 4);
 }
 
+// RFC 6455 §5.2: the three length encodings, at their boundaries.
+static void test_ws_text_header(void **)
+{
+	unsigned char h[qc::kMaxFrameHeader];
+	assert_int_equal(qc::ws_text_header(0, h), 2);
+	assert_int_equal(h[0], 0x81);
+	assert_int_equal(h[1], 0);
+	assert_int_equal(qc::ws_text_header(125, h), 2);
+	assert_int_equal(h[1], 125);
+	assert_int_equal(qc::ws_text_header(126, h), 4);
+	assert_int_equal(h[1], 126);
+	assert_int_equal(h[2], 0);
+	assert_int_equal(h[3], 126);
+	assert_int_equal(qc::ws_text_header(65535, h), 4);
+	assert_int_equal(h[2], 0xff);
+	assert_int_equal(h[3], 0xff);
+	assert_int_equal(qc::ws_text_header(65536, h), 10);
+	assert_int_equal(h[0], 0x81);
+	assert_int_equal(h[1], 127);
+	const unsigned char want[8] = {0, 0, 0, 0, 0, 1, 0, 0};
+	assert_memory_equal(h + 2, want, 8);
+	assert_int_equal(qc::ws_text_header(0x0102030405ULL, h), 10);
+	const unsigned char want2[8] = {0, 0, 0, 1, 2, 3, 4, 5};
+	assert_memory_equal(h + 2, want2, 8);
+}
+
 static void test_error_frame(void **)
 {
 	FramePtr f = build_error(make_error(Err::AccessDenied, "Access denied to conversation"),
@@ -188,7 +214,7 @@ int main(void)
 		cmocka_unit_test(test_type_rules),     cmocka_unit_test(test_not_json),
 		cmocka_unit_test(test_request_id),     cmocka_unit_test(test_frame_layout),
 		cmocka_unit_test(test_error_frame),    cmocka_unit_test(test_writer_escapes),
-		cmocka_unit_test(test_json_ref),
+		cmocka_unit_test(test_json_ref),       cmocka_unit_test(test_ws_text_header),
 	};
 	return cmocka_run_group_tests_name("protocol", tests, nullptr, nullptr);
 }

@@ -111,9 +111,19 @@ struct Server::Impl final : public Host, public DeliverySink {
 	// Only when the kernel does not take everything does lws hold the rest
 	// and call WRITEABLE once the socket drains.
 	bool raw_writes = true;            // false with permessage-deflate
+	ev_tstamp validity_step = 1;       // see on_receive
 	ev_prepare flush_watcher{};
 	std::vector<SessionId> to_flush;   // sessions with frames queued this turn
 	std::string wire;                  // the bytes of one write
+
+	// Group commit (see Store::begin_batch): the store's writes during a
+	// loop turn share one transaction, committed by commit_batch() before
+	// any frame is written.  If that commit fails, what the turn queued is
+	// taken back and each request handled in it is answered DATABASE_ERROR.
+	uint64_t batch_epoch = 1;
+	std::vector<SessionId> batch_sessions;  // sessions that got frames this batch
+	std::vector<std::pair<SessionId, std::optional<std::string>>> batch_requests;
+	void commit_batch();
 	ev_timer typing_timer{};           // the earliest typing deadline
 	// lws 4.1.6's libev glue re-arms its timer with ev_timer_set() on a
 	// watcher that may still be active, which libev ignores: a timer added
@@ -222,6 +232,7 @@ void Server::Impl::apply_runtime_config()
 	// lws reads the policy through a pointer each time it re-arms a
 	// connection's validity timer, so new values apply from the next one.
 	retry.secs_since_valid_ping = static_cast<uint16_t>(cfg.ping_interval_ms / 1000);
+	validity_step = std::min(1.0, static_cast<double>(cfg.ping_interval_ms) / 4000.0);
 	retry.secs_since_valid_hangup = static_cast<uint16_t>(cfg.idle_timeout_ms / 1000);
 }
 
@@ -371,6 +382,7 @@ Status Server::Impl::init()
 		return st.error();
 	store = std::move(*st);
 
+	store->begin_batch();
 	broker = std::make_unique<LocalBroker>(rooms, *this);
 	ctx = std::make_unique<Ctx>(Ctx{*store, rooms, *broker, stats, cfg, auth, *this});
 
@@ -783,8 +795,10 @@ int Server::Impl::on_established(lws *wsi, Pss *pss)
 
 	std::optional<Claims> claims = std::move(pending.claims);
 	pending = Pending{};
-	if (claims)
+	if (claims) {
 		handle_upgrade_auth(*ctx, sp->caller, *claims);
+		batch_requests.emplace_back(sp->caller.id, std::nullopt);
+	}
 	if (!sp->caller.authenticated) {
 		ev_timer_init(&sp->auth_timer.w, &Impl::on_auth_timeout,
 			      static_cast<ev_tstamp>(cfg.auth_timeout_ms) / 1000.0, 0.);
@@ -800,7 +814,15 @@ int Server::Impl::on_receive(lws *wsi, Pss *pss, const void *in, size_t len)
 	Session *s = find(pss->id);
 	if (!s)
 		return -1;
-	lws_validity_confirmed(wsi);
+	// Traffic proves the connection alive.  lws_validity_confirmed()
+	// re-sorts a timer list of every connection (O(connections)), so it is
+	// called at most every quarter ping interval (or second) per
+	// connection; the idle timeout may then fire that much early, never late.
+	ev_tstamp now = ev_now(loop);
+	if (now - s->validity_confirmed >= validity_step) {
+		s->validity_confirmed = now;
+		lws_validity_confirmed(wsi);
+	}
 	if (s->close_code || s->caller.closing)
 		return 0; // closing: input is ignored
 	bool final = lws_is_final_fragment(wsi) && lws_remaining_packet_payload(wsi) == 0;
@@ -819,7 +841,7 @@ int Server::Impl::on_receive(lws *wsi, Pss *pss, const void *in, size_t len)
 		return -1;
 	}
 	case Session::Rx::Text:
-		handle_text(*ctx, s->caller, s->rx);
+		batch_requests.emplace_back(pss->id, handle_text(*ctx, s->caller, s->rx));
 		break;
 	case Session::Rx::Binary:
 		handle_binary(*ctx, s->caller);
@@ -870,9 +892,39 @@ bool Server::Impl::write_queued(Session *s)
 	return true;
 }
 
+void Server::Impl::commit_batch()
+{
+	if (store->batch_has_writes() && !store->end_batch()) {
+		stats.database_errors++;
+		QC_WARN("batch_failed requests=%zu", batch_requests.size());
+		for (SessionId id : batch_sessions) {
+			Session *s = find(id);
+			if (!s || s->batch_epoch != batch_epoch)
+				continue;
+			while (s->outq.size() > s->batch_mark) // a slow-reader close may have emptied it
+				s->outq.pop_back();
+			s->out_bytes = std::min(s->out_bytes, s->batch_mark_bytes);
+		}
+		batch_epoch++; // the errors below belong to no batch
+		Error e = make_error(Err::DatabaseError, "Database error");
+		for (const auto &r : batch_requests) {
+			stats.errors[static_cast<int>(Err::DatabaseError)]++;
+			deliver(r.first, build_error(e, r.second));
+		}
+	}
+	batch_epoch++;
+	batch_sessions.clear();
+	batch_requests.clear();
+}
+
 void Server::Impl::on_prepare(struct ev_loop *l, ev_prepare *, int) noexcept
 {
 	auto *self = static_cast<Impl *>(ev_userdata(l));
+	try {
+		self->commit_batch();
+	} catch (const std::exception &e) {
+		QC_ERR("commit_exception what=%s", log_str(e.what()).c_str());
+	}
 	if (self->to_flush.empty())
 		return;
 	std::vector<SessionId> list;
@@ -905,6 +957,7 @@ int Server::Impl::on_writeable(lws *wsi, Pss *pss)
 	Session *s = find(pss->id);
 	if (!s)
 		return -1;
+	commit_batch(); // nothing leaves before it is committed
 	if (raw_writes && !write_queued(s))
 		return -1;
 	for (int n = 0; !raw_writes && n < kMaxFramesPerWriteable && !s->outq.empty(); n++) {
@@ -970,6 +1023,12 @@ void Server::Impl::deliver(SessionId id, const FramePtr &f)
 	Session *s = find(id);
 	if (!s)
 		return;
+	if (s->batch_epoch != batch_epoch) {
+		s->batch_epoch = batch_epoch;
+		s->batch_mark = s->outq.size();
+		s->batch_mark_bytes = s->out_bytes;
+		batch_sessions.push_back(id);
+	}
 	switch (s->enqueue(f, static_cast<size_t>(cfg.max_queue_bytes))) {
 	case Session::Enq::Queued:
 		if (!raw_writes) {

@@ -163,6 +163,9 @@ public:
 	Result<Page> load_messages(const PageQuery &q) override;
 	Status mark_read(const std::string &conversation, const std::string &user, int64_t seq) override;
 	bool healthy() override;
+	void begin_batch() override { batching_ = true; }
+	bool batch_has_writes() const override { return outer_open_; }
+	Status end_batch() override;
 
 	// (sql, plan) for every prepared statement.
 	std::vector<std::pair<std::string, std::string>> query_plans();
@@ -177,24 +180,37 @@ private:
 	Status fill_view(ConversationView &v, const std::string &viewer, int64_t last_seq,
 			 int64_t read_seq);
 
-	// Transaction control over prepared BEGIN/COMMIT/ROLLBACK.
+	// Opens the batch's transaction if it is not open yet.
+	bool open_outer();
+
+	// One all-or-nothing write: its own transaction, or in a batch a
+	// savepoint inside the batch's transaction.
 	class Txn
 	{
 	public:
 		explicit Txn(SqliteStore &s) : s_(s) {}
 		~Txn()
 		{
-			if (open_)
+			if (!open_)
+				return;
+			if (s_.batching_) {
+				Use(s_.rollback_to_).step();
+				Use(s_.release_).step();
+			} else {
 				Use(s_.rollback_).step();
+			}
 		}
 		bool begin()
 		{
-			open_ = Use(s_.begin_).step() == SQLITE_DONE;
+			if (s_.batching_)
+				open_ = s_.open_outer() && Use(s_.savepoint_).step() == SQLITE_DONE;
+			else
+				open_ = Use(s_.begin_).step() == SQLITE_DONE;
 			return open_;
 		}
 		bool commit()
 		{
-			if (Use(s_.commit_).step() != SQLITE_DONE)
+			if (Use(s_.batching_ ? s_.release_ : s_.commit_).step() != SQLITE_DONE)
 				return false; // the destructor rolls back
 			open_ = false;
 			return true;
@@ -208,8 +224,10 @@ private:
 	DbPtr db_;
 	std::string path_;
 	bool write_failed_ = false; // the last write failed; cleared by a successful one
+	bool batching_ = false;     // begin_batch() was called
+	bool outer_open_ = false;   // the batch's transaction is open
 
-	Stmt begin_, commit_, rollback_;
+	Stmt begin_, commit_, rollback_, savepoint_, release_, rollback_to_;
 	Stmt user_get_, user_upsert_;
 	Stmt part_check_, part_ids_, conv_ids_of_, part_insert_, part_list_, read_seq_;
 	Stmt direct_find_, conv_insert_, conv_get_, conv_list_;
@@ -283,6 +301,9 @@ Status SqliteStore::prepare_all()
 		{&begin_, "BEGIN IMMEDIATE"},
 		{&commit_, "COMMIT"},
 		{&rollback_, "ROLLBACK"},
+		{&savepoint_, "SAVEPOINT w"},
+		{&release_, "RELEASE w"},
+		{&rollback_to_, "ROLLBACK TO w"},
 		{&user_get_, "SELECT id, username, display_name, email, avatar_url, disabled "
 			     "FROM users WHERE id = ?1"},
 		// Creates the user, or refreshes only the hints given; writes nothing
@@ -407,6 +428,10 @@ Result<User> SqliteStore::upsert_user(const std::string &id, const ProfileHints 
 {
 	std::string fallback = "user_" + id.substr(0, 8);
 	{
+		if (batching_ && !open_outer()) {
+			write_failed_ = true;
+			return fail("upsert_user");
+		}
 		Use u(user_upsert_);
 		u.bind(1, id).bind(2, h.username).bind(3, h.display_name).bind(4, h.email);
 		u.bind(5, h.avatar_url).bind(6, fallback).bind(7, now_ms());
@@ -782,6 +807,10 @@ Result<Page> SqliteStore::load_messages(const PageQuery &q)
 
 Status SqliteStore::mark_read(const std::string &conversation, const std::string &user, int64_t seq)
 {
+	if (batching_ && !open_outer()) {
+		write_failed_ = true;
+		return fail("mark_read");
+	}
 	Use u(mark_read_);
 	u.bind(1, conversation).bind(2, user).bind(3, seq);
 	if (u.step() != SQLITE_DONE) {
@@ -789,6 +818,27 @@ Status SqliteStore::mark_read(const std::string &conversation, const std::string
 		return fail("mark_read");
 	}
 	return ok_status();
+}
+
+bool SqliteStore::open_outer()
+{
+	if (outer_open_)
+		return true;
+	outer_open_ = Use(begin_).step() == SQLITE_DONE;
+	return outer_open_;
+}
+
+Status SqliteStore::end_batch()
+{
+	if (!outer_open_)
+		return ok_status();
+	outer_open_ = false;
+	if (Use(commit_).step() == SQLITE_DONE)
+		return ok_status();
+	Error e = fail("commit");
+	Use(rollback_).step(); // SQLite may have rolled back already
+	write_failed_ = true;
+	return e;
 }
 
 bool SqliteStore::healthy()
@@ -803,7 +853,9 @@ std::vector<std::pair<std::string, std::string>> SqliteStore::query_plans()
 	std::vector<std::pair<std::string, std::string>> out;
 	for (Stmt *st : all_) {
 		std::string sql = st->sql();
-		if (sql == "BEGIN IMMEDIATE" || sql == "COMMIT" || sql == "ROLLBACK")
+		if (sql == "BEGIN IMMEDIATE" || sql == "COMMIT" || sql == "ROLLBACK" ||
+		    sql.rfind("SAVEPOINT", 0) == 0 || sql.rfind("RELEASE", 0) == 0 ||
+		    sql.rfind("ROLLBACK TO", 0) == 0)
 			continue;
 		sqlite3_stmt *s = nullptr;
 		std::string plan;

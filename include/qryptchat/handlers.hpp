@@ -70,8 +70,10 @@ struct Ctx {
 	Host &host;
 };
 
-// One complete inbound text message.
-void handle_text(Ctx &ctx, Caller &c, std::string_view text);
+// One complete inbound text message.  Returns the request's requestId as
+// given (nullopt if none or not a string), so that the server can answer
+// the request DATABASE_ERROR if the batch it wrote in fails to commit.
+std::optional<std::string> handle_text(Ctx &ctx, Caller &c, std::string_view text);
 // One complete inbound binary message (refused, the socket stays open).
 void handle_binary(Ctx &ctx, Caller &c);
 // A token presented at upgrade and already verified: authenticates the

@@ -171,6 +171,18 @@ public:
 
 	// Can the database be read right now? (for /health)
 	virtual bool healthy() = 0;
+
+	// Group commit.  After begin_batch(), the writes of successive calls
+	// may share one transaction, each still all-or-nothing on its own;
+	// none is durable, or visible to other database connections, until
+	// end_batch() returns ok.  A failed end_batch() undoes every write of
+	// the batch.  The server opens a batch for each loop turn and ends it
+	// before any reply or push of that turn leaves the process, so that
+	// nothing is acknowledged before it is committed.  Without a batch
+	// every call commits by itself.
+	virtual void begin_batch() {}
+	virtual bool batch_has_writes() const { return false; }
+	virtual Status end_batch() { return ok_status(); }
 };
 
 } // namespace qc

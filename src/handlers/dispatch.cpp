@@ -174,34 +174,35 @@ Status handle_ping(Ctx &ctx, Caller &c, const Request &r)
 	return ok_status();
 }
 
-void handle_text(Ctx &ctx, Caller &c, std::string_view text)
+std::optional<std::string> handle_text(Ctx &ctx, Caller &c, std::string_view text)
 {
 	if (c.closing)
-		return;
+		return std::nullopt;
 	ctx.stats.frames_in++;
 	ctx.stats.bytes_in += text.size();
 	Envelope env = parse_envelope(text);
 	if (!admit(ctx, c, env))
-		return;
+		return env.request_id;
 	if (env.error) {
 		send_error(ctx, c, *env.error, env.request_id);
-		return;
+		return env.request_id;
 	}
 	bool open = env.kind == ReqType::Auth || env.kind == ReqType::Ping;
 	if (!open && !c.authenticated) {
 		send_error(ctx, c, make_error(Err::AuthRequired, "Authentication required"),
 			   env.request_id);
-		return;
+		return env.request_id;
 	}
 	if (!open && c.token_expired) {
 		send_error(ctx, c, make_error(Err::TokenExpired, "Token expired; authenticate again"),
 			   env.request_id);
-		return;
+		return env.request_id;
 	}
 	Request req{env, env.payload, reply_request_id(env.request_id)};
 	Status st = kHandlers[static_cast<int>(env.kind)](ctx, c, req);
 	if (!st)
 		send_error(ctx, c, st.error(), env.request_id);
+	return env.request_id;
 }
 
 void handle_binary(Ctx &ctx, Caller &c)

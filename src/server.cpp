@@ -177,6 +177,7 @@ struct Server::Impl final : public Host, public DeliverySink {
 	int on_receive(lws *wsi, Pss *pss, const void *in, size_t len);
 	int on_writeable(lws *wsi, Pss *pss);
 	bool write_queued(Session *s);
+	bool send_wire(lws *wsi);
 	void on_closed(Pss *pss);
 	void on_destroy(Pss *pss);
 
@@ -882,8 +883,7 @@ bool Server::Impl::write_queued(Session *s)
 			s->out_bytes -= f.size();
 			s->outq.pop_front();
 		}
-		if (lws_write(wsi, reinterpret_cast<unsigned char *>(&wire[0]), wire.size(),
-			      LWS_WRITE_RAW) < static_cast<int>(wire.size()))
+		if (!send_wire(wsi))
 			return false;
 		stats.frames_out += frames;
 		stats.bytes_out += bytes;
@@ -917,6 +917,27 @@ void Server::Impl::commit_batch()
 	batch_epoch++;
 	batch_sessions.clear();
 	batch_requests.clear();
+}
+
+// Sends `wire` on a connection that lws holds no output for.  The common
+// case is one send() that the kernel takes whole.  Whatever it does not
+// take goes to lws (LWS_WRITE_RAW), which keeps it and writes it before
+// anything else once the socket drains.  TLS connections go through lws.
+bool Server::Impl::send_wire(lws *wsi)
+{
+	size_t done = 0;
+	if (!lws_is_ssl(wsi)) {
+		ssize_t n = ::send(lws_get_socket_fd(wsi), wire.data(), wire.size(),
+				   MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+			return false;
+		done = n > 0 ? static_cast<size_t>(n) : 0;
+		if (done == wire.size())
+			return true;
+	}
+	size_t rest = wire.size() - done;
+	return lws_write(wsi, reinterpret_cast<unsigned char *>(&wire[done]), rest, LWS_WRITE_RAW) >=
+	       static_cast<int>(rest);
 }
 
 void Server::Impl::on_prepare(struct ev_loop *l, ev_prepare *, int) noexcept

@@ -70,12 +70,13 @@ std::string reply_request_id(const std::optional<std::string> &request_id);
 
 // Builds a frame {"type","payload","requestId","timestamp"}; `payload` is
 // called with a writer positioned where the payload value goes and must
-// write exactly one value.
+// write exactly one value.  `payload_size` is a guess of its length.
 template <typename F>
-FramePtr build_frame(std::string_view type, std::string_view request_id, F &&payload)
+FramePtr build_frame(std::string_view type, std::string_view request_id, F &&payload,
+		     size_t payload_size = 64)
 {
 	auto f = std::make_shared<Frame>();
-	f->buf.reserve(192);
+	f->buf.reserve(kFrameHeadroom + 128 + payload_size);
 	f->buf.assign(kFrameHeadroom, '\0');
 	JsonWriter w(f->buf);
 	w.begin_object().field("type", type).key("payload");

@@ -14,13 +14,28 @@ constexpr int64_t kDefaultPageSize = 50;
 // A field given as null counts as absent, as QryptChat clients send both.
 bool given(JsonRef j) { return j.present() && !j.is_null(); }
 
+// The JSON of a message as pushed and acknowledged, serialised once for
+// every frame that carries it.
+std::string message_json(const MessageRow &m)
+{
+	std::string out;
+	out.reserve(384 + (m.content ? m.content->size() : 0));
+	JsonWriter w(out);
+	write_message(w, m, false);
+	return out;
+}
+
+FramePtr message_frame(const char *type, const std::string &rid, const std::string &json)
+{
+	return build_frame(
+		type, rid,
+		[&](JsonWriter &w) { w.begin_object().key("message").raw(json).end_object(); },
+		json.size() + 16);
+}
+
 FramePtr message_frame(const char *type, const std::string &rid, const MessageRow &m)
 {
-	return build_frame(type, rid, [&](JsonWriter &w) {
-		w.begin_object().key("message");
-		write_message(w, m, false);
-		w.end_object();
-	});
+	return message_frame(type, rid, message_json(m));
 }
 
 // The validated fields of send_message after conversationId and access.
@@ -198,7 +213,8 @@ Status handle_send_message(Ctx &ctx, Caller &c, const Request &r)
 	auto stored = ctx.store.insert_message(m);
 	if (!stored)
 		return store_error(ctx, stored.error());
-	ctx.host.send(c.id, message_frame("message_sent", r.reply_id, stored->message));
+	std::string json = message_json(stored->message);
+	ctx.host.send(c.id, message_frame("message_sent", r.reply_id, json));
 	if (!stored->created)
 		return ok_status(); // an idempotent replay: broadcast once only
 	ctx.stats.messages_stored++;
@@ -207,10 +223,10 @@ Status handle_send_message(Ctx &ctx, Caller &c, const Request &r)
 	// one frame per recipient with a copy, and one with null for the rest.
 	RoomEvent ev;
 	std::string push_id = uuid_v4();
-	MessageRow view = stored->message;
 	if (m.copies.empty()) {
-		ev.frame = message_frame("message_received", push_id, view);
+		ev.frame = message_frame("message_received", push_id, json);
 	} else {
+		MessageRow view = stored->message;
 		view.content.reset();
 		ev.frame = message_frame("message_received", push_id, view);
 		for (auto &copy : m.copies) {

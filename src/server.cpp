@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -113,7 +114,8 @@ struct Server::Impl final : public Host, public DeliverySink {
 	bool raw_writes = true;            // false with permessage-deflate
 	ev_tstamp validity_step = 1;       // see on_receive
 	ev_prepare flush_watcher{};
-	std::vector<SessionId> to_flush;   // sessions with frames queued this turn
+	std::vector<Session *> to_flush;   // sessions with frames queued this turn
+	std::vector<Session *> flushing;   // the list being written (see on_closed)
 	std::string wire;                  // the bytes of one write
 
 	// Group commit (see Store::begin_batch): the store's writes during a
@@ -177,7 +179,7 @@ struct Server::Impl final : public Host, public DeliverySink {
 	int on_receive(lws *wsi, Pss *pss, const void *in, size_t len);
 	int on_writeable(lws *wsi, Pss *pss);
 	bool write_queued(Session *s);
-	bool send_wire(lws *wsi);
+	bool send_wire(Session *s);
 	void on_closed(Pss *pss);
 	void on_destroy(Pss *pss);
 
@@ -777,6 +779,8 @@ int Server::Impl::on_established(lws *wsi, Pss *pss)
 	auto s = std::make_unique<Session>();
 	SessionId id = next_id++;
 	s->wsi = wsi;
+	// Frames go straight to the socket, except on TLS (see send_wire).
+	s->fd = lws_is_ssl(wsi) ? -1 : lws_get_socket_fd(wsi);
 	s->caller.id = id;
 	if (pending.wsi == wsi) {
 		s->ip = pending.ip;
@@ -883,7 +887,7 @@ bool Server::Impl::write_queued(Session *s)
 			s->out_bytes -= f.size();
 			s->outq.pop_front();
 		}
-		if (!send_wire(wsi))
+		if (!send_wire(s))
 			return false;
 		stats.frames_out += frames;
 		stats.bytes_out += bytes;
@@ -923,11 +927,11 @@ void Server::Impl::commit_batch()
 // case is one send() that the kernel takes whole.  Whatever it does not
 // take goes to lws (LWS_WRITE_RAW), which keeps it and writes it before
 // anything else once the socket drains.  TLS connections go through lws.
-bool Server::Impl::send_wire(lws *wsi)
+bool Server::Impl::send_wire(Session *s)
 {
 	size_t done = 0;
-	if (!lws_is_ssl(wsi)) {
-		ssize_t n = ::send(lws_get_socket_fd(wsi), wire.data(), wire.size(),
+	if (s->fd >= 0) {
+		ssize_t n = ::send(s->fd, wire.data(), wire.size(),
 				   MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
 			return false;
@@ -936,7 +940,7 @@ bool Server::Impl::send_wire(lws *wsi)
 			return true;
 	}
 	size_t rest = wire.size() - done;
-	return lws_write(wsi, reinterpret_cast<unsigned char *>(&wire[done]), rest, LWS_WRITE_RAW) >=
+	return lws_write(s->wsi, reinterpret_cast<unsigned char *>(&wire[done]), rest, LWS_WRITE_RAW) >=
 	       static_cast<int>(rest);
 }
 
@@ -950,10 +954,8 @@ void Server::Impl::on_prepare(struct ev_loop *l, ev_prepare *, int) noexcept
 	}
 	if (self->to_flush.empty())
 		return;
-	std::vector<SessionId> list;
-	list.swap(self->to_flush);
-	for (SessionId id : list) {
-		Session *s = self->find(id);
+	self->flushing.swap(self->to_flush);
+	for (Session *s : self->flushing) {
 		if (!s || !s->wsi)
 			continue;
 		s->flush_pending = false;
@@ -961,18 +963,14 @@ void Server::Impl::on_prepare(struct ev_loop *l, ev_prepare *, int) noexcept
 		try {
 			ok = self->write_queued(s);
 		} catch (const std::exception &e) {
-			QC_ERR("write_exception session=%llu what=%s", static_cast<unsigned long long>(id),
-			       log_str(e.what()).c_str());
+			QC_ERR("write_exception session=%llu what=%s",
+			       static_cast<unsigned long long>(s->caller.id), log_str(e.what()).c_str());
 			ok = false;
 		}
 		if (!ok) // lws closes it on its next turn
 			lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
 	}
-	// Put the (usually empty) list back to keep its capacity.
-	if (self->to_flush.empty()) {
-		list.clear();
-		self->to_flush.swap(list);
-	}
+	self->flushing.clear();
 }
 
 int Server::Impl::on_writeable(lws *wsi, Pss *pss)
@@ -1023,6 +1021,10 @@ void Server::Impl::on_closed(Pss *pss)
 		per_ip.erase(ip);
 	QC_DEBUG("ws_close session=%llu peer=%s", static_cast<unsigned long long>(pss->id),
 		 s->ip.c_str());
+	if (s->flush_pending) { // forget it in the write lists (rare: it had frames this turn)
+		std::replace(to_flush.begin(), to_flush.end(), s, static_cast<Session *>(nullptr));
+		std::replace(flushing.begin(), flushing.end(), s, static_cast<Session *>(nullptr));
+	}
 	sessions.erase(it);
 	pss->id = 0;
 	if (stopping)
@@ -1058,7 +1060,7 @@ void Server::Impl::deliver(SessionId id, const FramePtr &f)
 			lws_callback_on_writable(s->wsi);
 		} else if (!s->flush_pending) {
 			s->flush_pending = true;
-			to_flush.push_back(id);
+			to_flush.push_back(s);
 		}
 		return;
 	case Session::Enq::Dropped:

@@ -29,6 +29,7 @@ struct SessionTimer {
 struct Session {
 	Caller caller;                         // chat-level state (auth, buckets)
 	struct lws *wsi = nullptr;             // valid until the CLOSED callback
+	int fd = -1;                           // its socket, for direct writes; -1 on TLS
 	std::string ip;                        // client address (after trusted proxies)
 
 	// Reassembly of the current inbound message.

@@ -1143,6 +1143,44 @@ static void test_rooms_and_stats(void **)
 	assert_contains(m.body, "qryptchatd_rooms 0\n");
 }
 
+// Frames of every size, many at once: the 2-, 4- and 10-byte length
+// headers, writes coalesced past what one send() takes, and a reader that
+// falls behind and catches up (the kernel takes part of a write, the rest
+// waits) all arrive intact and in order.
+static void test_large_frames_and_backlog(void **)
+{
+	auto s = start_server({{"rate_burst", "1000"}, {"rate_limit", "1000"}});
+	auto a = user("lf-a", s->port()), b = user("lf-b", s->port());
+	std::string conv = create_direct(*a, "lf-b");
+	expect_frame(*b, "conversation_created");
+	join(*b, conv);
+	// 40 messages of 60,000 bytes, pipelined: b reads nothing meanwhile, so
+	// about 2.4 MB waits for it (under max_queue_bytes, 4 MiB).
+	const int n = 40;
+	for (int i = 0; i < n; i++) {
+		std::string body(60000, static_cast<char>('a' + i % 26));
+		send_request(*a, "send_message", conv_payload(conv, "\"content\":" + jquote(body)));
+	}
+	for (int i = 1; i <= n; i++) {
+		Json sent = expect_frame(*a, "message_sent");
+		assert_int_equal(jnum(sent.get(), "payload.message.seq"), i);
+		expect_frame(*a, "message_received");
+	}
+	for (int i = 1; i <= n; i++) {
+		Json r = expect_frame(*b, "message_received");
+		assert_int_equal(jnum(r.get(), "payload.message.seq"), i);
+		std::string body = jstr(r.get(), "payload.message.encrypted_content");
+		assert_int_equal(body.size(), 60000);
+		assert_true(body.find_first_not_of(static_cast<char>('a' + (i - 1) % 26)) == std::string::npos);
+	}
+	// One frame of about 2.4 MB (a 10-byte header), then small ones.
+	Json page = load(*b, conv, "\"limit\":40");
+	assert_true((seqs(page.get()) == range(1, n)));
+	Json small = load(*b, conv, "\"limit\":1");
+	assert_true((seqs(small.get()) == std::vector<int>{n}));
+	expect_quiet(*b);
+}
+
 // --- durability -----------------------------------------------------------
 
 static void test_restart_keeps_everything(void **)
@@ -1341,6 +1379,7 @@ int main(void)
 		cmocka_unit_test(test_presence),
 		cmocka_unit_test(test_three_users_four_sockets),
 		cmocka_unit_test(test_rooms_and_stats),
+		cmocka_unit_test(test_large_frames_and_backlog),
 		cmocka_unit_test(test_restart_keeps_everything),
 		cmocka_unit_test(test_crash_loses_nothing_acknowledged),
 	};

@@ -313,8 +313,10 @@ Status Server::Impl::create_context()
 	protocols[0].callback = &Server::Impl::callback;
 	protocols[0].per_session_data_size = sizeof(Pss);
 	// The receive buffer bounds one RECEIVE chunk; messages are reassembled
-	// in the session, so a small buffer costs calls, not correctness.
-	protocols[0].rx_buffer_size = 4096;
+	// in the session, so a small buffer costs calls, not correctness.  lws
+	// keeps one per connection: 1024 bytes (chat requests are smaller)
+	// instead of 4096 saves about 3 KB of every idle connection.
+	protocols[0].rx_buffer_size = 1024;
 	// One coalesced write goes to the kernel in one piece (lws would
 	// otherwise cut sends at rx_buffer_size and buffer the rest).
 	protocols[0].tx_packet_size = kMaxWriteBytes;

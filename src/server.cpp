@@ -334,8 +334,9 @@ Status Server::Impl::create_context()
 	// The event loop: lws's libev backend on a libev loop we own, with the
 	// epoll backend.  bench/loop-cost measures what one echo round trip
 	// costs an lws 4.1.6 server as idle connections accumulate (server CPU
-	// per echo, median of 3 runs, 2-core VM): poll() 25 / 398 / 1960 us
-	// with 0 / 1,000 / 5,000 idle connections, libev 31 / 23 / 23 us.  The
+	// per echo, medians of 3 runs on a 2-core VM, two sessions): poll()
+	// 20-25 / 310-460 / 1520-1960 us with 0 / 1,000 / 5,000 idle
+	// connections, libev 16-31 / 17-24 / 17-23 us.  The
 	// default poll() loop scans every socket on every wake-up, which a chat
 	// server with thousands of mostly idle connections cannot afford; libev
 	// stays flat, and costs about the same as poll with none.  libuv, the

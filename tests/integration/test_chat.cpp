@@ -10,6 +10,7 @@
 #include <vector>
 
 #include <poll.h>
+#include <sys/socket.h>
 #include <sqlite3.h>
 
 #include "common.hpp"
@@ -1181,6 +1182,61 @@ static void test_large_frames_and_backlog(void **)
 	expect_quiet(*b);
 }
 
+// A reader that stops reading is disconnected once its queue passes
+// max_queue_bytes; the sender and the other readers go on undisturbed.
+static void test_slow_reader_is_dropped(void **)
+{
+	auto s = start_server({{"max_queue_bytes", "64K"}, {"rate_burst", "100000"},
+			       {"rate_limit", "100000"}});
+	auto a = user("sr-a", s->port()), fast = user("sr-fast", s->port()),
+	     slow = user("sr-slow", s->port());
+	std::string conv = create_group(*a, {"sr-fast", "sr-slow"});
+	send_request(*a, "leave_conversation", conv_payload(conv));
+	expect_frame(*a, "conversation_left");
+	expect_frame(*fast, "conversation_created");
+	expect_frame(*slow, "conversation_created");
+	join(*fast, conv);
+	join(*slow, conv);
+	// The slow reader's receive buffer is made small; it reads no more.
+	int small = 4096;
+	setsockopt(slow->fd(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+	// 16 MB of messages: more than the kernel buffers between the server
+	// and the slow reader can hold, so its queue must grow past 64 KB.
+	const std::string body(8000, 'z');
+	const int n = 2000;
+	int acked = 0, received = 0;
+	for (int i = 0; i < n; i++) {
+		send_request(*a, "send_message", conv_payload(conv, "\"content\":" + jquote(body)));
+		if (i % 50 == 49) { // read along, so only the slow reader lags
+			for (; acked <= i; acked++)
+				expect_frame(*a, "message_sent");
+			for (; received <= i; received++)
+				expect_frame(*fast, "message_received");
+		}
+	}
+	Json st = http_json(http_request(s->port(), "GET", "/stats"));
+	assert_int_equal(jnum(st.get(), "slowConsumersClosed"), 1);
+	assert_int_equal(jnum(st.get(), "messagesStored"), n);
+	// It cannot even take the close frame, so it is cut after a second:
+	// poll /stats until the server has let it go.
+	int open = -1;
+	for (int i = 0; i < 500 && open != 2; i++) { // 5 s
+		if (i)
+			poll(nullptr, 0, 10);
+		open = static_cast<int>(jnum(http_json(http_request(s->port(), "GET", "/stats")).get(),
+					     "totalConnections"));
+	}
+	assert_int_equal(open, 2);
+	assert_true(s->log().find("close_slow_consumer") != std::string::npos);
+	Json off = expect_frame(*fast, "user_offline");
+	assert_str_eq(jstr(off.get(), "payload.userId"), "sr-slow");
+	// The others carry on.
+	send_text(*a, conv, "still here");
+	Json r = expect_frame(*fast, "message_received");
+	assert_str_eq(jstr(r.get(), "payload.message.encrypted_content"), "still here");
+	slow->abort();
+}
+
 // --- durability -----------------------------------------------------------
 
 static void test_restart_keeps_everything(void **)
@@ -1380,6 +1436,7 @@ int main(void)
 		cmocka_unit_test(test_three_users_four_sockets),
 		cmocka_unit_test(test_rooms_and_stats),
 		cmocka_unit_test(test_large_frames_and_backlog),
+		cmocka_unit_test(test_slow_reader_is_dropped),
 		cmocka_unit_test(test_restart_keeps_everything),
 		cmocka_unit_test(test_crash_loses_nothing_acknowledged),
 	};

@@ -449,6 +449,9 @@ std::optional<ConfigError> config_validate(const Config &cfg)
 					   format_duration_ms(cfg.ping_interval_ms) + ")"};
 	if (cfg.database.empty())
 		return ConfigError{where, "database", "must not be empty"};
+	if (!cfg.web_root.empty())
+		return ConfigError{where, "web_root",
+				   "serving a web client is not supported by this version; leave it empty"};
 	return std::nullopt;
 }
 

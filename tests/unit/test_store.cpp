@@ -345,6 +345,60 @@ static void test_query_plans_never_scan(void **state)
 	}
 }
 
+// Group commit: a batch's writes share one transaction that nobody else
+// sees before end_batch(); one failed write inside it undoes only itself.
+static void test_group_commit(void **)
+{
+	std::string path = temp_db();
+	auto s = open_store(path);
+	users(*s, {"a", "b"});
+	std::string conv = make_group(*s, "a", {"b"});
+	auto count_elsewhere = [&]() {
+		sqlite3 *db = nullptr;
+		assert_int_equal(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
+		sqlite3_stmt *st = nullptr;
+		assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*), coalesce(max(seq), 0) FROM messages",
+						    -1, &st, nullptr),
+				 SQLITE_OK);
+		assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+		int n = sqlite3_column_int(st, 0), top = sqlite3_column_int(st, 1);
+		sqlite3_finalize(st);
+		sqlite3_close(db);
+		assert_int_equal(n, top); // seq has no gap
+		return n;
+	};
+	s->begin_batch();
+	assert_false(s->batch_has_writes());
+	for (int i = 1; i <= 3; i++)
+		assert_int_equal(send(*s, conv, "a", "m" + std::to_string(i)).message.seq, i);
+	assert_true(s->batch_has_writes());
+	// A write that fails (no such conversation) is undone alone.
+	NewMessage bad;
+	bad.id = uuid_v7();
+	bad.conversation_id = "no-such-conversation";
+	bad.sender_id = "a";
+	bad.message_type = "text";
+	bad.content = std::string("lost");
+	bad.now = now_ms();
+	assert_false(s->insert_message(bad).ok());
+	assert_int_equal(send(*s, conv, "b", "m4").message.seq, 4);
+	// This connection reads its own writes; another sees none yet.
+	auto p = s->load_messages(PageQuery{conv, "b", 10, std::nullopt, std::nullopt});
+	assert_int_equal(p->messages.size(), 4);
+	assert_int_equal(count_elsewhere(), 0);
+	assert_true(s->end_batch().ok());
+	assert_false(s->batch_has_writes());
+	assert_int_equal(count_elsewhere(), 4);
+	// The next batch opens a new transaction.
+	send(*s, conv, "a", "m5");
+	assert_int_equal(count_elsewhere(), 4);
+	assert_true(s->end_batch().ok());
+	assert_int_equal(count_elsewhere(), 5);
+	assert_true(s->healthy());
+	s.reset();
+	remove_db(path);
+}
+
 static void test_persistence_and_versions(void **)
 {
 	std::string path = temp_db();
@@ -412,6 +466,7 @@ int main(void)
 	failed += run_all("store (file)");
 	const struct CMUnitTest files[] = {
 		cmocka_unit_test(test_persistence_and_versions),
+		cmocka_unit_test(test_group_commit),
 		cmocka_unit_test(test_open_errors),
 	};
 	failed += cmocka_run_group_tests_name("store (files)", files, nullptr, nullptr);

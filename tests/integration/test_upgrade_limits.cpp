@@ -1,0 +1,117 @@
+// Refused upgrades (PROTOCOL.md §1): allowed_origins (403), max_connections
+// (503), per-address connections and new connections per minute (429, with
+// Retry-After), each at its limit and one past it, with the JSON body and
+// the /stats counter that goes with it.
+#include <poll.h>
+
+#include "common.hpp"
+
+using namespace qc::test;
+
+namespace {
+
+int stat_of(const ServerProcess &s, const std::string &path)
+{
+	return static_cast<int>(jnum(http_json(http_request(s.port(), "GET", "/stats")).get(), path));
+}
+
+// The server sees a close asynchronously: poll /stats (5 s at most).
+void wait_connections(const ServerProcess &s, int want)
+{
+	int n = -1;
+	for (int i = 0; i < 500 && n != want; i++) {
+		if (i)
+			poll(nullptr, 0, 10);
+		n = stat_of(s, "totalConnections");
+	}
+	assert_int_equal(n, want);
+}
+
+void expect_refused(const ServerProcess &s, int status, const Headers &h = {},
+		    HttpResponse *out = nullptr)
+{
+	HttpResponse r;
+	auto c = WsClient::connect(s.port(), "/ws", h, &r);
+	if (c)
+		fail_msg("the upgrade was accepted; expected HTTP %d", status);
+	assert_int_equal(r.status, status);
+	Json body = http_json(r);
+	assert_true(jstr(body.get(), "error").size() > 0);
+	if (out)
+		*out = r;
+}
+
+} // namespace
+
+static void test_allowed_origins(void **)
+{
+	auto s = start_server({{"allowed_origins", "https://chat.example.org, https://other.example.org"}});
+	// Listed origins pass; so does an upgrade without Origin (not a browser).
+	assert_non_null(ws(*s, "/ws", {{"Origin", "https://chat.example.org"}}).get());
+	assert_non_null(ws(*s, "/ws", {{"Origin", "https://other.example.org"}}).get());
+	assert_non_null(ws(*s, "/ws").get());
+	// Anything else is 403: another host, scheme or port.
+	expect_refused(*s, 403, {{"Origin", "https://evil.example.org"}});
+	expect_refused(*s, 403, {{"Origin", "http://chat.example.org"}});
+	expect_refused(*s, 403, {{"Origin", "https://chat.example.org:8443"}});
+	assert_int_equal(stat_of(*s, "refusedOrigin"), 3);
+	// Empty (the default) allows any origin.
+	auto open = start_server();
+	assert_non_null(ws(*open, "/ws", {{"Origin", "https://anywhere.example"}}).get());
+}
+
+static void test_max_connections(void **)
+{
+	auto s = start_server({{"max_connections", "2"}});
+	auto a = ws(*s), b = ws(*s);
+	HttpResponse r;
+	expect_refused(*s, 503, {}, &r);
+	assert_int_equal(stat_of(*s, "refusedMaxConnections"), 1);
+	// Plain HTTP is not a WebSocket connection: still served.
+	assert_int_equal(http_request(s->port(), "GET", "/health").status, 200);
+	// A slot freed is a slot taken.
+	a.reset();
+	wait_connections(*s, 1);
+	auto c = ws(*s);
+	assert_non_null(c.get());
+	expect_refused(*s, 503);
+}
+
+static void test_per_address_connections(void **)
+{
+	auto s = start_server({{"max_connections_per_ip", "3"}, {"connection_rate_per_ip", "0"}});
+	auto a = ws(*s), b = ws(*s), c = ws(*s);
+	HttpResponse r;
+	expect_refused(*s, 429, {}, &r);
+	assert_str_eq(r.header("retry-after"), "60");
+	assert_int_equal(stat_of(*s, "refusedPerIp"), 1);
+	c.reset();
+	wait_connections(*s, 2);
+	assert_non_null(ws(*s).get());
+}
+
+static void test_per_address_rate(void **)
+{
+	// A bucket of 4 new connections, refilled at 4 per minute.
+	auto s = start_server({{"connection_rate_per_ip", "4"}});
+	for (int i = 0; i < 4; i++)
+		assert_non_null(ws(*s).get()); // each closed again at once
+	HttpResponse r;
+	expect_refused(*s, 429, {}, &r);
+	assert_str_eq(r.header("retry-after"), "60");
+	assert_int_equal(stat_of(*s, "refusedPerIp"), 1);
+	// Plain HTTP requests do not count.
+	for (int i = 0; i < 10; i++)
+		assert_int_equal(http_request(s->port(), "GET", "/health").status, 200);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_allowed_origins),
+		cmocka_unit_test(test_max_connections),
+		cmocka_unit_test(test_per_address_connections),
+		cmocka_unit_test(test_per_address_rate),
+	};
+	return cmocka_run_group_tests_name("upgrade limits", tests, nullptr, nullptr);
+}

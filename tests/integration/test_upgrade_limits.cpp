@@ -105,6 +105,25 @@ static void test_per_address_rate(void **)
 		assert_int_equal(http_request(s->port(), "GET", "/health").status, 200);
 }
 
+// Behind a trusted proxy the limits apply to the address it names in
+// X-Forwarded-For; from anyone else the header is ignored.
+static void test_limits_behind_a_proxy(void **)
+{
+	auto s = start_server({{"max_connections_per_ip", "1"}, {"connection_rate_per_ip", "0"},
+			       {"trusted_proxies", "127.0.0.1"}});
+	auto a = ws(*s, "/ws", {{"X-Forwarded-For", "203.0.113.7"}});
+	auto b = ws(*s, "/ws", {{"X-Forwarded-For", "203.0.113.8"}});
+	expect_refused(*s, 429, {{"X-Forwarded-For", "203.0.113.7"}});
+	// The rightmost address not a trusted proxy is the client.
+	expect_refused(*s, 429, {{"X-Forwarded-For", "198.51.100.1, 203.0.113.8"}});
+	auto c = ws(*s, "/ws", {{"X-Forwarded-For", "203.0.113.8, 127.0.0.1, 203.0.113.9"}});
+	assert_non_null(c.get());
+
+	auto direct = start_server({{"max_connections_per_ip", "1"}, {"connection_rate_per_ip", "0"}});
+	auto d = ws(*direct, "/ws", {{"X-Forwarded-For", "203.0.113.7"}});
+	expect_refused(*direct, 429, {{"X-Forwarded-For", "203.0.113.8"}}); // both are 127.0.0.1
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -112,6 +131,7 @@ int main(void)
 		cmocka_unit_test(test_max_connections),
 		cmocka_unit_test(test_per_address_connections),
 		cmocka_unit_test(test_per_address_rate),
+		cmocka_unit_test(test_limits_behind_a_proxy),
 	};
 	return cmocka_run_group_tests_name("upgrade limits", tests, nullptr, nullptr);
 }

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "../tests/support/wsclient.hpp"
+#include "procstat.hpp"
 
 namespace {
 
@@ -104,25 +105,6 @@ lws_protocols protocols[] = {
 	_exit(0);
 }
 
-double cpu_seconds(pid_t pid)
-{
-	std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-	std::string line;
-	std::getline(f, line);
-	// Fields after the parenthesised command: state is field 3; utime and
-	// stime are fields 14 and 15.
-	std::istringstream in(line.substr(line.rfind(')') + 2));
-	std::string v;
-	unsigned long long ut = 0, st = 0;
-	for (int i = 3; i <= 15 && in >> v; i++) {
-		if (i == 14)
-			ut = std::stoull(v);
-		if (i == 15)
-			st = std::stoull(v);
-	}
-	return static_cast<double>(ut + st) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
 struct Result {
 	double us_per_echo;
 	double wall_us_per_echo;
@@ -157,12 +139,12 @@ bool measure(bool use_libev, int idle, int echoes, Result &out)
 		const std::string msg(100, 'x');
 		for (int i = 0; i < 100 && ok; i++) // warm-up
 			ok = active->send_text(msg) && active->recv(5000).kind == qc::test::WsEvent::Text;
-		double c0 = cpu_seconds(pid);
+		double c0 = qc::bench::proc_cpu_s(pid);
 		auto t0 = std::chrono::steady_clock::now();
 		for (int i = 0; i < echoes && ok; i++)
 			ok = active->send_text(msg) && active->recv(5000).kind == qc::test::WsEvent::Text;
 		auto t1 = std::chrono::steady_clock::now();
-		double c1 = cpu_seconds(pid);
+		double c1 = qc::bench::proc_cpu_s(pid);
 		out.us_per_echo = (c1 - c0) * 1e6 / echoes;
 		out.wall_us_per_echo =
 			std::chrono::duration<double, std::micro>(t1 - t0).count() / echoes;

@@ -47,9 +47,13 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "procstat.hpp"
 #include "qryptchat/auth.hpp"
 
 namespace {
+
+using qc::bench::proc_cpu_s;
+using qc::bench::proc_rss_kb;
 
 // ------------------------------------------------------------ options
 
@@ -103,34 +107,6 @@ int64_t mono_ns()
 	timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-}
-
-double proc_cpu_s(pid_t pid)
-{
-	std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-	std::string line;
-	if (!std::getline(f, line))
-		return NAN;
-	std::istringstream in(line.substr(line.rfind(')') + 2));
-	std::string v;
-	unsigned long long ut = 0, st = 0;
-	for (int i = 3; i <= 15 && in >> v; i++) {
-		if (i == 14)
-			ut = std::stoull(v);
-		if (i == 15)
-			st = std::stoull(v);
-	}
-	return static_cast<double>(ut + st) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-long proc_rss_kb(pid_t pid)
-{
-	std::ifstream f("/proc/" + std::to_string(pid) + "/status");
-	std::string line;
-	while (std::getline(f, line))
-		if (line.rfind("VmRSS:", 0) == 0)
-			return std::atol(line.c_str() + 6);
-	return -1;
 }
 
 // Latency histogram: 10 µs buckets to 10 ms, then 1 ms buckets to 60 s.

@@ -179,6 +179,7 @@ struct Server::Impl final : public Host, public DeliverySink {
 	int on_receive(lws *wsi, Pss *pss, const void *in, size_t len);
 	int on_writeable(lws *wsi, Pss *pss);
 	bool write_queued(Session *s);
+	bool write_each_by_lws(Session *s);
 	bool send_wire(Session *s);
 	void on_closed(Pss *pss);
 	void on_destroy(Pss *pss);
@@ -870,6 +871,25 @@ int Server::Impl::on_receive(lws *wsi, Pss *pss, const void *in, size_t len)
 // close frames included); until then nothing more is handed to it, so lws
 // holds at most one write and the rest stays in the bounded queue.
 // Returns false when the connection failed.
+// With permessage-deflate: lws frames and compresses each message.
+bool Server::Impl::write_each_by_lws(Session *s)
+{
+	for (int n = 0; n < kMaxFramesPerWriteable && !s->outq.empty(); n++) {
+		if (n > 0 && lws_send_pipe_choked(s->wsi))
+			break;
+		FramePtr f = std::move(s->outq.front());
+		s->outq.pop_front();
+		s->out_bytes -= f->size();
+		int w = lws_write(s->wsi, reinterpret_cast<unsigned char *>(f->head() + kFrameHeadroom),
+				  f->size(), LWS_WRITE_TEXT);
+		if (w < static_cast<int>(f->size()))
+			return false;
+		stats.frames_out++;
+		stats.bytes_out += f->size();
+	}
+	return true;
+}
+
 bool Server::Impl::write_queued(Session *s)
 {
 	lws *wsi = s->wsi;
@@ -912,9 +932,10 @@ void Server::Impl::commit_batch()
 			Session *s = find(id);
 			if (!s || s->batch_epoch != batch_epoch)
 				continue;
-			while (s->outq.size() > s->batch_mark) // a slow-reader close may have emptied it
+			while (s->outq.size() > s->batch_mark) { // a slow-reader close may have emptied it
+				s->out_bytes -= s->outq.back()->size();
 				s->outq.pop_back();
-			s->out_bytes = std::min(s->out_bytes, s->batch_mark_bytes);
+			}
 		}
 		batch_epoch++; // the errors below belong to no batch
 		Error e = make_error(Err::DatabaseError, "Database error");
@@ -984,21 +1005,8 @@ int Server::Impl::on_writeable(lws *wsi, Pss *pss)
 	if (!s)
 		return -1;
 	commit_batch(); // nothing leaves before it is committed
-	if (raw_writes && !write_queued(s))
+	if (!(raw_writes ? write_queued(s) : write_each_by_lws(s)))
 		return -1;
-	for (int n = 0; !raw_writes && n < kMaxFramesPerWriteable && !s->outq.empty(); n++) {
-		if (n > 0 && lws_send_pipe_choked(wsi))
-			break;
-		FramePtr f = std::move(s->outq.front());
-		s->outq.pop_front();
-		s->out_bytes -= f->size();
-		int w = lws_write(wsi, reinterpret_cast<unsigned char *>(f->head() + kFrameHeadroom),
-				  f->size(), LWS_WRITE_TEXT);
-		if (w < static_cast<int>(f->size()))
-			return -1;
-		stats.frames_out++;
-		stats.bytes_out += f->size();
-	}
 	if (!s->outq.empty()) {
 		lws_callback_on_writable(wsi);
 		return 0;
@@ -1056,7 +1064,6 @@ void Server::Impl::deliver(SessionId id, const FramePtr &f)
 	if (s->batch_epoch != batch_epoch) {
 		s->batch_epoch = batch_epoch;
 		s->batch_mark = s->outq.size();
-		s->batch_mark_bytes = s->out_bytes;
 		batch_sessions.push_back(id);
 	}
 	switch (s->enqueue(f, static_cast<size_t>(cfg.max_queue_bytes))) {

@@ -182,6 +182,9 @@ private:
 
 	// Opens the batch's transaction if it is not open yet.
 	bool open_outer();
+	// Before a single-statement write: in a batch, it joins the batch's
+	// transaction (else it commits by itself).
+	bool ready_to_write() { return !batching_ || open_outer(); }
 
 	// One all-or-nothing write: its own transaction, or in a batch a
 	// savepoint inside the batch's transaction.
@@ -434,14 +437,10 @@ Result<User> SqliteStore::upsert_user(const std::string &id, const ProfileHints 
 {
 	std::string fallback = "user_" + id.substr(0, 8);
 	{
-		if (batching_ && !open_outer()) {
-			write_failed_ = true;
-			return fail("upsert_user");
-		}
 		Use u(user_upsert_);
 		u.bind(1, id).bind(2, h.username).bind(3, h.display_name).bind(4, h.email);
 		u.bind(5, h.avatar_url).bind(6, fallback).bind(7, now_ms());
-		if (u.step() != SQLITE_DONE) {
+		if (!ready_to_write() || u.step() != SQLITE_DONE) {
 			write_failed_ = true;
 			return fail("upsert_user");
 		}
@@ -813,13 +812,9 @@ Result<Page> SqliteStore::load_messages(const PageQuery &q)
 
 Status SqliteStore::mark_read(const std::string &conversation, const std::string &user, int64_t seq)
 {
-	if (batching_ && !open_outer()) {
-		write_failed_ = true;
-		return fail("mark_read");
-	}
 	Use u(mark_read_);
 	u.bind(1, conversation).bind(2, user).bind(3, seq);
-	if (u.step() != SQLITE_DONE) {
+	if (!ready_to_write() || u.step() != SQLITE_DONE) {
 		write_failed_ = true;
 		return fail("mark_read");
 	}

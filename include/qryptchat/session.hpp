@@ -46,7 +46,6 @@ struct Session {
 	double validity_confirmed = 0;         // loop time traffic last proved it alive
 	uint64_t batch_epoch = 0;              // the store batch of batch_mark
 	size_t batch_mark = 0;                 // outq size when that batch first queued here
-	size_t batch_mark_bytes = 0;           // out_bytes then
 
 	// A close the server decided on; sent from the next WRITEABLE.
 	int close_code = 0;                    // 0: none pending

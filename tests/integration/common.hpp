@@ -11,6 +11,8 @@ extern "C" {
 }
 // clang-format on
 
+#include <poll.h>
+
 #include <csignal>
 #include <string>
 
@@ -45,6 +47,44 @@ inline Json http_json(const HttpResponse &r)
 	if (!j)
 		fail_msg("HTTP %d body is not JSON: %s", r.status, r.body.c_str());
 	return j;
+}
+
+// A number from the server's /stats, by dotted path.
+inline int stat_of(const ServerProcess &s, const std::string &path)
+{
+	return static_cast<int>(jnum(http_json(http_request(s.port(), "GET", "/stats")).get(), path));
+}
+
+// The server sees a close asynchronously: polls /stats until it counts
+// `want` WebSocket connections (5 s at most).
+inline void wait_connections(const ServerProcess &s, int want)
+{
+	int n = -1;
+	for (int i = 0; i < 500 && n != want; i++) {
+		if (i)
+			poll(nullptr, 0, 10);
+		n = stat_of(s, "totalConnections");
+	}
+	assert_int_equal(n, want);
+}
+
+// A cmocka group fixture: one server with the defaults for every test of
+// the group, reached with shared_server(state).
+inline int shared_server_setup(void **state)
+{
+	*state = new std::unique_ptr<ServerProcess>(start_server());
+	return 0;
+}
+
+inline int shared_server_teardown(void **state)
+{
+	delete static_cast<std::unique_ptr<ServerProcess> *>(*state);
+	return 0;
+}
+
+inline ServerProcess &shared_server(void **state)
+{
+	return **static_cast<std::unique_ptr<ServerProcess> *>(*state);
 }
 
 } // namespace qc::test

@@ -1101,10 +1101,7 @@ static void test_rooms_and_stats(void **)
 {
 	auto s = start_server();
 	int p = s->port();
-	auto get = [&](const std::string &path) {
-		Json j = http_json(http_request(p, "GET", "/stats"));
-		return static_cast<int>(jnum(j.get(), path));
-	};
+	auto get = [&](const std::string &path) { return stat_of(*s, path); };
 	std::string conv;
 	{
 		auto a = user("rs-a", p), b = user("rs-b", p), b2 = user("rs-b", p);
@@ -1130,11 +1127,8 @@ static void test_rooms_and_stats(void **)
 		b2->abort(); // abruptly
 		a.reset();
 	}
-	// Everything closed: no room, no online user.  The server sees the
-	// closes asynchronously: poll /stats until it has, for up to 5 s.
-	for (int i = 0; i < 500 && get("totalConnections") != 0; i++)
-		poll(nullptr, 0, 10);
-	assert_int_equal(get("totalConnections"), 0);
+	// Everything closed: no room, no online user.
+	wait_connections(*s, 0);
 	assert_int_equal(get("roomStats.totalRooms"), 0);
 	assert_int_equal(get("roomStats.totalConnections"), 0);
 	assert_int_equal(get("roomStats.totalUsers"), 0);
@@ -1232,16 +1226,8 @@ static void test_slow_reader_is_dropped(void **)
 	Json st = http_json(http_request(s->port(), "GET", "/stats"));
 	assert_int_equal(jnum(st.get(), "slowConsumersClosed"), 1);
 	assert_int_equal(jnum(st.get(), "messagesStored"), n);
-	// It cannot even take the close frame, so it is cut after a second:
-	// poll /stats until the server has let it go.
-	int open = -1;
-	for (int i = 0; i < 500 && open != 2; i++) { // 5 s
-		if (i)
-			poll(nullptr, 0, 10);
-		open = static_cast<int>(jnum(http_json(http_request(s->port(), "GET", "/stats")).get(),
-					     "totalConnections"));
-	}
-	assert_int_equal(open, 2);
+	// It cannot even take the close frame, so it is cut after a second.
+	wait_connections(*s, 2);
 	assert_true(s->log().find("close_slow_consumer") != std::string::npos);
 	if (!slow_offline) {
 		Json off = expect_frame(*fast, "user_offline");

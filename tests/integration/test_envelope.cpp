@@ -34,7 +34,7 @@ void assert_strict(const cJSON *j)
 
 static void test_ping_pong_request_ids(void **state)
 {
-	auto &s = *static_cast<std::unique_ptr<ServerProcess> *>(*state);
+	ServerProcess *s = &shared_server(state);
 	auto c = ws(*s);
 	// echoed when a non-empty string
 	assert_true(c->send_text(R"({"type":"ping","payload":{},"requestId":"abc-1","timestamp":"2026-01-01T00:00:00.000Z"})"));
@@ -55,7 +55,7 @@ static void test_ping_pong_request_ids(void **state)
 
 static void test_invalid_messages(void **state)
 {
-	auto &s = *static_cast<std::unique_ptr<ServerProcess> *>(*state);
+	ServerProcess *s = &shared_server(state);
 	auto c = ws(*s);
 	struct Case {
 		const char *text;
@@ -91,7 +91,7 @@ static void test_invalid_messages(void **state)
 
 static void test_unknown_type_before_auth(void **state)
 {
-	auto &s = *static_cast<std::unique_ptr<ServerProcess> *>(*state);
+	ServerProcess *s = &shared_server(state);
 	auto c = ws(*s);
 	send_request(*c, "teleport", "{}", "u1");
 	Json j = expect_error(*c, "UNKNOWN_MESSAGE_TYPE");
@@ -107,7 +107,7 @@ static void test_unknown_type_before_auth(void **state)
 
 static void test_auth_required_for_every_request(void **state)
 {
-	auto &s = *static_cast<std::unique_ptr<ServerProcess> *>(*state);
+	ServerProcess *s = &shared_server(state);
 	auto c = ws(*s);
 	for (const char *t : {"load_conversations", "create_conversation", "join_conversation",
 			      "leave_conversation", "send_message", "load_messages", "load_more_messages",
@@ -121,7 +121,7 @@ static void test_auth_required_for_every_request(void **state)
 
 static void test_binary_frames(void **state)
 {
-	auto &s = *static_cast<std::unique_ptr<ServerProcess> *>(*state);
+	ServerProcess *s = &shared_server(state);
 	auto c = ws(*s);
 	assert_true(c->send_binary(std::string("\x01\x02\x03", 3)));
 	Json j = expect_error(*c, "INVALID_MESSAGE");
@@ -131,7 +131,7 @@ static void test_binary_frames(void **state)
 
 static void test_fragmented_message(void **state)
 {
-	auto &s = *static_cast<std::unique_ptr<ServerProcess> *>(*state);
+	ServerProcess *s = &shared_server(state);
 	auto c = ws(*s);
 	assert_true(c->send_frame(1, "{\"type\":\"pi", false));
 	assert_true(c->send_frame(0, "ng\",\"requestId\"", false));
@@ -172,22 +172,10 @@ static void test_max_message_bytes(void **)
 
 static void test_invalid_utf8_closes(void **state)
 {
-	auto &s = *static_cast<std::unique_ptr<ServerProcess> *>(*state);
+	ServerProcess *s = &shared_server(state);
 	auto c = ws(*s);
 	assert_true(c->send_text("{\"type\":\"ping\",\"requestId\":\"\xc3\x28\"}"));
 	expect_close(*c, 1007);
-}
-
-static int setup(void **state)
-{
-	*state = new std::unique_ptr<ServerProcess>(start_server());
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	delete static_cast<std::unique_ptr<ServerProcess> *>(*state);
-	return 0;
 }
 
 int main(void)
@@ -202,5 +190,5 @@ int main(void)
 		cmocka_unit_test(test_max_message_bytes),
 		cmocka_unit_test(test_invalid_utf8_closes),
 	};
-	return cmocka_run_group_tests_name("envelope", tests, setup, teardown);
+	return cmocka_run_group_tests_name("envelope", tests, shared_server_setup, shared_server_teardown);
 }

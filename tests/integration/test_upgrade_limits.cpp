@@ -2,30 +2,11 @@
 // (503), per-address connections and new connections per minute (429, with
 // Retry-After), each at its limit and one past it, with the JSON body and
 // the /stats counter that goes with it.
-#include <poll.h>
-
 #include "common.hpp"
 
 using namespace qc::test;
 
 namespace {
-
-int stat_of(const ServerProcess &s, const std::string &path)
-{
-	return static_cast<int>(jnum(http_json(http_request(s.port(), "GET", "/stats")).get(), path));
-}
-
-// The server sees a close asynchronously: poll /stats (5 s at most).
-void wait_connections(const ServerProcess &s, int want)
-{
-	int n = -1;
-	for (int i = 0; i < 500 && n != want; i++) {
-		if (i)
-			poll(nullptr, 0, 10);
-		n = stat_of(s, "totalConnections");
-	}
-	assert_int_equal(n, want);
-}
 
 void expect_refused(const ServerProcess &s, int status, const Headers &h = {},
 		    HttpResponse *out = nullptr)

@@ -9,13 +9,11 @@ namespace {
 
 std::string auth_payload(const std::string &token) { return "{\"token\":" + jquote(token) + "}"; }
 
-ServerProcess &server(void **state) { return **static_cast<std::unique_ptr<ServerProcess> *>(*state); }
-
 } // namespace
 
 static void test_auth_success_and_user(void **state)
 {
-	auto c = ws(server(state));
+	auto c = ws(shared_server(state));
 	send_request(*c, "auth", auth_payload(token_for("0f8fad5b-d9cb-469f-a165-70867728950e")), "a1");
 	Json j = expect_frame(*c, "auth_success");
 	assert_str_eq(jstr(j.get(), "requestId"), "a1");
@@ -31,7 +29,7 @@ static void test_auth_success_and_user(void **state)
 
 static void test_profile_hints(void **state)
 {
-	auto c = ws(server(state));
+	auto c = ws(shared_server(state));
 	send_request(*c, "auth",
 		     auth_payload(token_for("hinted", 3600,
 					    R"("email":"h@example.org","user_metadata":{"username":"hina","full_name":"Hina H.","avatar_url":"https://x/h.png"})")));
@@ -41,7 +39,7 @@ static void test_profile_hints(void **state)
 	assert_str_eq(jstr(j.get(), "payload.user.email"), "h@example.org");
 	assert_str_eq(jstr(j.get(), "payload.user.avatar_url"), "https://x/h.png");
 	// A later token without hints keeps the stored values.
-	auto d = ws(server(state));
+	auto d = ws(shared_server(state));
 	send_request(*d, "auth", auth_payload(token_for("hinted", 3600, R"("preferred_username":"hina2")")));
 	j = expect_frame(*d, "auth_success");
 	assert_str_eq(jstr(j.get(), "payload.user.username"), "hina2");
@@ -51,7 +49,7 @@ static void test_profile_hints(void **state)
 
 static void test_auth_failures_keep_socket_open(void **state)
 {
-	auto c = ws(server(state));
+	auto c = ws(shared_server(state));
 	send_request(*c, "auth", "{}", "m1");
 	expect_error(*c, "MISSING_TOKEN");
 	send_request(*c, "auth", "{\"token\":\"\"}");
@@ -60,7 +58,7 @@ static void test_auth_failures_keep_socket_open(void **state)
 	expect_error(*c, "MISSING_TOKEN");
 	send_request(*c, "load_conversations");
 	expect_error(*c, "AUTH_REQUIRED"); // still unauthenticated
-	auto d = ws(server(state));
+	auto d = ws(shared_server(state));
 	send_request(*d, "auth", auth_payload("not.a.jwt"));
 	expect_error(*d, "INVALID_TOKEN");
 	// signed with another secret
@@ -77,7 +75,7 @@ static void test_auth_failures_keep_socket_open(void **state)
 
 static void test_expired_and_not_yet_valid(void **state)
 {
-	auto c = ws(server(state));
+	auto c = ws(shared_server(state));
 	send_request(*c, "auth", auth_payload(token_for("late", -100)));
 	expect_error(*c, "TOKEN_EXPIRED");
 	std::string nbf = sign_jwt(R"({"alg":"HS256"})",
@@ -97,7 +95,7 @@ static void test_expired_and_not_yet_valid(void **state)
 
 static void test_reauth(void **state)
 {
-	auto c = connect_as(server(state).port(), "re-user");
+	auto c = connect_as(shared_server(state).port(), "re-user");
 	// the same sub again: fine
 	send_request(*c, "auth", auth_payload(token_for("re-user", 7200)), "again");
 	Json j = expect_frame(*c, "auth_success");
@@ -115,7 +113,7 @@ static void test_reauth(void **state)
 
 static void test_upgrade_tokens(void **state)
 {
-	ServerProcess &s = server(state);
+	ServerProcess &s = shared_server(state);
 	std::string t = token_for("upgrader");
 	struct Way {
 		std::string target;
@@ -255,18 +253,6 @@ static void test_audience_and_issuer(void **)
 	expect_frame(*c, "auth_success");
 }
 
-static int setup(void **state)
-{
-	*state = new std::unique_ptr<ServerProcess>(start_server());
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	delete static_cast<std::unique_ptr<ServerProcess> *>(*state);
-	return 0;
-}
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -282,5 +268,5 @@ int main(void)
 		cmocka_unit_test(test_token_expiry_refuse_mode),
 		cmocka_unit_test(test_audience_and_issuer),
 	};
-	return cmocka_run_group_tests_name("auth", tests, setup, teardown);
+	return cmocka_run_group_tests_name("auth", tests, shared_server_setup, shared_server_teardown);
 }

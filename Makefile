@@ -5,6 +5,7 @@
 #   make run                  start a development server and print tokens
 #   make install              PREFIX=/usr/local, DESTDIR for staging
 #   make SANITIZE=address,undefined test
+#   make fuzz                 run each libFuzzer target FUZZ_SECONDS (60) s
 #   make bench                build the benchmark tools (bench/README.md)
 #   make bench-peers          install the Node + ws comparison server
 #   make lint                 mandoc -Tlint on the man pages
@@ -22,8 +23,14 @@ CXXFLAGS ?= -O2 -g
 LDFLAGS  ?=
 SANITIZE ?=
 
-# Sanitized objects live apart so that both builds can coexist.
-ifeq ($(SANITIZE),)
+# Sanitized objects live apart so that both builds can coexist.  FUZZ=1
+# is the libFuzzer build (clang, ASan and UBSan), used by `make fuzz`.
+ifneq ($(FUZZ),)
+BUILD := build/fuzz
+CXX := clang++
+SANFLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer \
+	-fno-sanitize-recover=all
+else ifeq ($(SANITIZE),)
 BUILD := build
 else
 BUILD := build/sanitize
@@ -68,12 +75,21 @@ VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.
 
 BENCH_BINS := $(BUILD)/bench/qryptchat-bench $(BUILD)/bench/loop-cost
 
-.PHONY: all test unit integration run install uninstall clean lint help bench bench-peers FORCE
+# Fuzz targets (tests/fuzz/fuzz_<name>.cpp).  `make test` replays their
+# seed corpus and regression inputs with the ordinary build; `make fuzz`
+# builds them with libFuzzer and runs each for FUZZ_SECONDS.
+FUZZ_TARGETS := request jwt config
+FUZZ_SECONDS ?= 60
+REPLAY_BINS := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz/replay_%)
+FUZZ_BINS := $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
+
+.PHONY: all test unit integration run install uninstall clean lint help bench bench-peers \
+	fuzz fuzzers FORCE
 
 all: $(BUILD)/qryptchatd $(BUILD)/libqryptchat.a
 
 help:
-	@sed -n '3,12p' Makefile
+	@sed -n '3,13p' Makefile
 
 $(BUILD)/qryptchatd: $(MAIN_OBJ) $(BUILD)/libqryptchat.a
 	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS)
@@ -110,6 +126,13 @@ $(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.o $(FAKE_OBJS) $(BUILD)/libqryptcha
 $(BUILD)/tests/integration/%: $(BUILD)/tests/integration/%.o $(SUPPORT_OBJS)
 	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS) $(CMOCKA)
 
+$(BUILD)/tests/fuzz/replay_%: $(BUILD)/tests/fuzz/fuzz_%.o $(BUILD)/tests/fuzz/replay.o \
+		$(BUILD)/libqryptchat.a
+	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS) $(CMOCKA)
+
+build/fuzz/fuzz_%: build/fuzz/tests/fuzz/fuzz_%.o build/fuzz/libqryptchat.a
+	$(CXX) -fsanitize=fuzzer,address,undefined $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
 # Tests run from the repository root; integration tests start the binary
 # named by QRYPTCHATD on 127.0.0.1 port 0.
 # Under SANITIZE, every process (tests and the servers they start) writes
@@ -121,11 +144,19 @@ TEST_ENV = SANITIZER_REPORTS=$(BUILD)/sanitizer-reports \
 	UBSAN_OPTIONS=log_path=$(BUILD)/sanitizer-reports/ubsan:print_stacktrace=1
 endif
 
-test: all $(UNIT_BINS) $(INTEG_BINS) lint
-	@QRYPTCHATD=$(BUILD)/qryptchatd $(TEST_ENV) scripts/run-tests $(UNIT_BINS) $(INTEG_BINS)
+test: all $(UNIT_BINS) $(REPLAY_BINS) $(INTEG_BINS) lint
+	@QRYPTCHATD=$(BUILD)/qryptchatd $(TEST_ENV) scripts/run-tests $(UNIT_BINS) $(REPLAY_BINS) \
+		$(INTEG_BINS)
 
-unit: $(UNIT_BINS)
-	@$(TEST_ENV) scripts/run-tests $(UNIT_BINS)
+unit: $(UNIT_BINS) $(REPLAY_BINS)
+	@$(TEST_ENV) scripts/run-tests $(UNIT_BINS) $(REPLAY_BINS)
+
+# Fuzzing: scripts/run-fuzz says what it found and where.
+fuzz:
+	@$(MAKE) --no-print-directory FUZZ=1 fuzzers
+	@scripts/run-fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzzers: $(FUZZ_BINS)
 
 integration: all $(INTEG_BINS)
 	@QRYPTCHATD=$(BUILD)/qryptchatd $(TEST_ENV) scripts/run-tests $(INTEG_BINS)

@@ -1,5 +1,6 @@
 #include "qryptchat/config.hpp"
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -249,6 +250,13 @@ std::optional<ConfigError> config_set(Config &cfg, const std::string &name,
 	switch (d->type) {
 	case DirType::String:
 	case DirType::Path:
+		// Refused so that every accepted value prints back as a line
+		// that reads the same (--print-config).
+		for (char ch : value)
+			if (ch == '"' || static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f)
+				return fail("a value cannot contain a double quote or a control "
+					    "character, got '" +
+					    escape_text(value, 64) + "'");
 		cfg.*std::get<0>(d->member) = value;
 		return std::nullopt;
 	case DirType::Enum: {
@@ -459,7 +467,15 @@ std::string config_value_text(const Config &cfg, const Directive &d)
 {
 	switch (d.type) {
 	case DirType::String:
-	case DirType::Path:
+	case DirType::Path: {
+		// Quoted when a '#' or white space at either end would otherwise
+		// be lost on reading.
+		const std::string &v = cfg.*std::get<0>(d.member);
+		bool quote = v.find('#') != std::string::npos ||
+			     (!v.empty() && (isspace(static_cast<unsigned char>(v.front())) ||
+					     isspace(static_cast<unsigned char>(v.back()))));
+		return quote ? "\"" + v + "\"" : v;
+	}
 	case DirType::Enum:
 	case DirType::Listen:
 		return cfg.*std::get<0>(d.member);

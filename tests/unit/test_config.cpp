@@ -270,13 +270,29 @@ static void test_dump_round_trips(void **)
 	assert_false(set(c, "max_connections", "77").has_value());
 	assert_false(set(c, "admin_allow", "10.0.0.0/8 ::1").has_value());
 	assert_false(set(c, "allowed_origins", "https://a.example").has_value());
+	// A '#' and white space at the ends survive by quoting.
+	assert_false(set(c, "database", "\"/srv/chat #1/db \"").has_value());
+	assert_str_eq(c.database, "/srv/chat #1/db ");
 	std::string dump = config_dump(c);
+	assert_true(dump.find("\ndatabase \"/srv/chat #1/db \"\n") != std::string::npos);
 	assert_true(dump.find("# default: 10000\nmax_connections 77\n") != std::string::npos);
 	Config back = config_defaults();
 	auto e = config_apply_text(back, dump, "dump");
 	assert_false(e.has_value());
 	for (const auto &d : directives())
 		assert_str_eq(config_value_text(back, d), config_value_text(c, d));
+}
+
+// Strings and paths that could not be printed back as the same line.
+static void test_string_values_refused(void **)
+{
+	Config c = config_defaults();
+	for (const char *v : {"/a\"b", "/a\x1b[31m", "/tab\there", "a\x7f"}) {
+		auto e = set(c, "database", v);
+		assert_true(e.has_value());
+		assert_true(e->message.find("double quote or a control character") != std::string::npos);
+	}
+	assert_str_eq(c.database, config_defaults().database);
 }
 
 static void test_diff(void **)
@@ -332,6 +348,7 @@ int main(void)
 		cmocka_unit_test(test_validate_cross_rules),
 		cmocka_unit_test(test_precedence),
 		cmocka_unit_test(test_dump_round_trips),
+		cmocka_unit_test(test_string_values_refused),
 		cmocka_unit_test(test_diff),
 		cmocka_unit_test(test_secret),
 	};

@@ -126,6 +126,13 @@ $(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.o $(FAKE_OBJS) $(BUILD)/libqryptcha
 $(BUILD)/tests/integration/%: $(BUILD)/tests/integration/%.o $(SUPPORT_OBJS)
 	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS) $(CMOCKA)
 
+# The fault injector that test_store_faults preloads into the server; not
+# instrumented under SANITIZE (it runs ahead of the sanitizer runtime).
+FAULTFS := $(BUILD)/tests/faultfs/libqcfault.so
+$(FAULTFS): tests/faultfs/faultfs.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++17 -O2 -g $(WARN) -fPIC -shared -o $@ $< -ldl
+
 $(BUILD)/tests/fuzz/replay_%: $(BUILD)/tests/fuzz/fuzz_%.o $(BUILD)/tests/fuzz/replay.o \
 		$(BUILD)/libqryptchat.a
 	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS) $(CMOCKA)
@@ -144,7 +151,7 @@ TEST_ENV = SANITIZER_REPORTS=$(BUILD)/sanitizer-reports \
 	UBSAN_OPTIONS=log_path=$(BUILD)/sanitizer-reports/ubsan:print_stacktrace=1
 endif
 
-test: all $(UNIT_BINS) $(REPLAY_BINS) $(INTEG_BINS) lint
+test: all $(UNIT_BINS) $(REPLAY_BINS) $(INTEG_BINS) $(FAULTFS) lint
 	@QRYPTCHATD=$(BUILD)/qryptchatd $(TEST_ENV) scripts/run-tests $(UNIT_BINS) $(REPLAY_BINS) \
 		$(INTEG_BINS)
 
@@ -158,7 +165,7 @@ fuzz:
 
 fuzzers: $(FUZZ_BINS)
 
-integration: all $(INTEG_BINS)
+integration: all $(INTEG_BINS) $(FAULTFS)
 	@QRYPTCHATD=$(BUILD)/qryptchatd $(TEST_ENV) scripts/run-tests $(INTEG_BINS)
 
 # Benchmark tools (never part of `make test`); bench/README.md says how to

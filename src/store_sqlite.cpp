@@ -173,6 +173,14 @@ public:
 private:
 	// Logs SQLite's reason (never shown to clients) and returns the wire error.
 	Error fail(const char *op);
+	// The same for a write, which also marks the store degraded: until a
+	// write succeeds again, /health says so and writes do not wait for
+	// another process's lock (each would hold up the whole loop for the
+	// busy timeout).
+	Error write_error(const char *op);
+	// A write succeeded: no longer degraded.
+	void write_ok();
+	void set_degraded(bool degraded);
 	Status exec(const char *sql);
 	Status migrate();
 	Status prepare_all();
@@ -227,6 +235,8 @@ private:
 	DbPtr db_;
 	std::string path_;
 	bool write_failed_ = false; // the last write failed; cleared by a successful one
+	int busy_timeout_ms_ = 0;   // SqliteOptions::busy_timeout_ms
+	int64_t last_probe_us_ = 0; // mono_us() of the last write probe by healthy()
 	bool batching_ = false;     // begin_batch() was called
 	bool outer_open_ = false;   // the batch's transaction is open
 
@@ -246,6 +256,30 @@ Error SqliteStore::fail(const char *op)
 	QC_WARN("store_error op=%s code=%d reason=%s", op, sqlite3_extended_errcode(db_.get()),
 		log_str(sqlite3_errmsg(db_.get())).c_str());
 	return make_error(Err::DatabaseError, "Database error");
+}
+
+Error SqliteStore::write_error(const char *op)
+{
+	Error e = fail(op);
+	set_degraded(true);
+	return e;
+}
+
+void SqliteStore::write_ok()
+{
+	set_degraded(false);
+}
+
+void SqliteStore::set_degraded(bool degraded)
+{
+	if (degraded == write_failed_)
+		return;
+	write_failed_ = degraded;
+	sqlite3_busy_timeout(db_.get(), degraded ? 0 : busy_timeout_ms_);
+	if (degraded)
+		QC_WARN("store_degraded database=%s", log_str(path_).c_str());
+	else
+		QC_INFO("store_recovered database=%s", log_str(path_).c_str());
 }
 
 Status SqliteStore::exec(const char *sql)
@@ -400,7 +434,8 @@ Status SqliteStore::open(const SqliteOptions &opts)
 				  path_ + ": cannot open database: " +
 					  (db ? sqlite3_errmsg(db) : sqlite3_errstr(rc)));
 	sqlite3_extended_result_codes(db, 1);
-	sqlite3_busy_timeout(db, opts.busy_timeout_ms);
+	busy_timeout_ms_ = opts.busy_timeout_ms;
+	sqlite3_busy_timeout(db, busy_timeout_ms_);
 	// WAL: readers (backups, the admin CLI) never block the server's writes.
 	// synchronous=NORMAL in WAL mode loses no committed transaction on a
 	// process crash; on power loss the last transactions before the crash
@@ -440,11 +475,10 @@ Result<User> SqliteStore::upsert_user(const std::string &id, const ProfileHints 
 		Use u(user_upsert_);
 		u.bind(1, id).bind(2, h.username).bind(3, h.display_name).bind(4, h.email);
 		u.bind(5, h.avatar_url).bind(6, fallback).bind(7, now_ms());
-		if (!ready_to_write() || u.step() != SQLITE_DONE) {
-			write_failed_ = true;
-			return fail("upsert_user");
-		}
+		if (!ready_to_write() || u.step() != SQLITE_DONE)
+			return write_error("upsert_user");
 	}
+	write_ok();
 	auto user = get_user(id);
 	if (!user)
 		return user.error();
@@ -533,8 +567,7 @@ Result<CreatedConversation> SqliteStore::create_conversation(const NewConversati
 	}
 	Txn txn(*this);
 	if (!txn.begin()) {
-		write_failed_ = true;
-		return fail("create_conversation");
+		return write_error("create_conversation");
 	}
 	if (direct_key) {
 		Use u(direct_find_);
@@ -548,8 +581,7 @@ Result<CreatedConversation> SqliteStore::create_conversation(const NewConversati
 				p.bind(1, existing.id).bind(2, who).bind(3, "member");
 				p.bind(4, c.now);
 				if (p.step() != SQLITE_DONE) {
-					write_failed_ = true;
-					return fail("create_conversation");
+					return write_error("create_conversation");
 				}
 			}
 			auto view = conversation(existing.id, c.creator);
@@ -557,8 +589,7 @@ Result<CreatedConversation> SqliteStore::create_conversation(const NewConversati
 				return view.error();
 			existing.view = std::move(*view);
 			if (!txn.commit()) {
-				write_failed_ = true;
-				return fail("create_conversation");
+				return write_error("create_conversation");
 			}
 			return existing;
 		}
@@ -570,8 +601,7 @@ Result<CreatedConversation> SqliteStore::create_conversation(const NewConversati
 		u.bind(1, c.id).bind(2, c.type).bind(3, c.name).bind(4, c.creator).bind(5, c.now);
 		u.bind(6, direct_key);
 		if (u.step() != SQLITE_DONE) {
-			write_failed_ = true;
-			return fail("create_conversation");
+			return write_error("create_conversation");
 		}
 	}
 	auto add = [&](const std::string &who, const char *role) {
@@ -580,22 +610,19 @@ Result<CreatedConversation> SqliteStore::create_conversation(const NewConversati
 		return p.step() == SQLITE_DONE;
 	};
 	if (!add(c.creator, "admin")) {
-		write_failed_ = true;
-		return fail("create_conversation");
+		return write_error("create_conversation");
 	}
 	for (const auto &m : c.members)
 		if (!add(m, "member")) {
-			write_failed_ = true;
-			return fail("create_conversation");
+			return write_error("create_conversation");
 		}
 	auto view = conversation(c.id, c.creator);
 	if (!view)
 		return view.error();
 	if (!txn.commit()) {
-		write_failed_ = true;
-		return fail("create_conversation");
+		return write_error("create_conversation");
 	}
-	write_failed_ = false;
+	write_ok();
 	return CreatedConversation{c.id, true, std::move(*view)};
 }
 
@@ -720,8 +747,7 @@ Result<InsertedMessage> SqliteStore::insert_message(const NewMessage &m)
 
 	Txn txn(*this);
 	auto failed = [&]() {
-		write_failed_ = true;
-		return fail("insert_message");
+		return write_error("insert_message");
 	};
 	if (!txn.begin())
 		return failed();
@@ -752,7 +778,7 @@ Result<InsertedMessage> SqliteStore::insert_message(const NewMessage &m)
 	}
 	if (!txn.commit())
 		return failed();
-	write_failed_ = false;
+	write_ok();
 
 	InsertedMessage out;
 	out.created = true;
@@ -812,12 +838,15 @@ Result<Page> SqliteStore::load_messages(const PageQuery &q)
 
 Status SqliteStore::mark_read(const std::string &conversation, const std::string &user, int64_t seq)
 {
+	// Best effort (PROTOCOL.md §5): not tried while writes are failing,
+	// so that a load's read mark cannot fail the batch it would join.
+	if (write_failed_)
+		return make_error(Err::DatabaseError, "Database error");
 	Use u(mark_read_);
 	u.bind(1, conversation).bind(2, user).bind(3, seq);
-	if (!ready_to_write() || u.step() != SQLITE_DONE) {
-		write_failed_ = true;
-		return fail("mark_read");
-	}
+	if (!ready_to_write() || u.step() != SQLITE_DONE)
+		return write_error("mark_read");
+	write_ok();
 	return ok_status();
 }
 
@@ -836,17 +865,37 @@ Status SqliteStore::end_batch()
 	outer_open_ = false;
 	if (Use(commit_).step() == SQLITE_DONE)
 		return ok_status();
-	Error e = fail("commit");
+	Error e = write_error("commit");
 	Use(rollback_).step(); // SQLite may have rolled back already
-	write_failed_ = true;
 	return e;
 }
 
 bool SqliteStore::healthy()
 {
-	Use u(health_);
-	bool ok = u.step() == SQLITE_ROW;
-	return ok && !write_failed_;
+	{
+		Use u(health_);
+		if (u.step() != SQLITE_ROW)
+			return false;
+	}
+	if (!write_failed_)
+		return true;
+	// Degraded: once a second at most, and never inside a batch, try a
+	// write that changes nothing (the schema version written again,
+	// committed through the WAL), so that the store is seen to recover
+	// when the fault clears even if no client writes.
+	int64_t now = mono_us();
+	if (outer_open_ || now - last_probe_us_ < 1000000)
+		return false;
+	last_probe_us_ = now;
+	std::string probe = "BEGIN IMMEDIATE; PRAGMA user_version = " + std::to_string(kSchemaVersion) +
+			    "; COMMIT";
+	if (sqlite3_exec(db_.get(), probe.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK) {
+		write_ok();
+		return true;
+	}
+	if (!sqlite3_get_autocommit(db_.get()))
+		sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+	return false;
 }
 
 std::vector<std::pair<std::string, std::string>> SqliteStore::query_plans()

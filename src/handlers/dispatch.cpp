@@ -86,8 +86,16 @@ bool admit(Ctx &ctx, Caller &c, const Envelope &env)
 Result<User> authenticate(Ctx &ctx, Caller &c, const Claims &claims)
 {
 	auto user = ctx.store.upsert_user(claims.sub, claims.hints);
-	if (!user)
-		return store_error(ctx, user.error());
+	if (!user) {
+		// A known user still gets in, with the stored profile, when the
+		// refresh cannot be written (a full or locked database): reading
+		// history must not depend on it.  A new user cannot.
+		store_error(ctx, user.error());
+		auto known = ctx.store.get_user(claims.sub);
+		if (!known || !*known)
+			return user.error();
+		user = std::move(**known);
+	}
 	if (user->disabled)
 		return make_error(Err::InvalidToken, "Invalid token: user disabled");
 	c.failed_auths = 0;

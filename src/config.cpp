@@ -123,6 +123,10 @@ const std::vector<Directive> kTable = {
 	{"log_level", DirType::Enum, "info", 0, 0, "error warn info debug", true,
 	 "Least severe level written to the log.",
 	 &Config::log_level},
+	// process
+	{"user", DirType::String, "", 0, 0, nullptr, false,
+	 "Started as root, serve as this user (and its groups) once listening with the database open; empty stays root.",
+	 &Config::user},
 };
 // clang-format on
 

@@ -4,10 +4,16 @@
 // Exit status: 0 clean stop, 1 runtime failure, 2 bad usage or bad
 // configuration (with a one-line message naming the file, line and
 // directive).
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -70,6 +76,79 @@ int usage_error(const std::string &msg)
 {
 	fprintf(stderr, "qryptchatd: %s\n%s", msg.c_str(), kUsage);
 	return kExitUsage;
+}
+
+// The account named by the `user` directive.
+struct Account {
+	std::string name;
+	uid_t uid = 0;
+	gid_t gid = 0;
+};
+
+// Resolves `user` before anything starts: "" when it is not set, else the
+// account, or an error message for an unknown user or one this process
+// cannot become.
+std::string resolve_user(const qc::Config &cfg, std::optional<Account> &out)
+{
+	if (cfg.user.empty())
+		return "";
+	errno = 0;
+	const passwd *pw = getpwnam(cfg.user.c_str());
+	if (!pw)
+		return "user " + cfg.user + ": " + (errno ? strerror(errno) : "no such user");
+	if (geteuid() != 0 && pw->pw_uid != geteuid())
+		return "user " + cfg.user + ": only root can switch to it (running as uid " +
+		       std::to_string(geteuid()) + ")";
+	out = Account{pw->pw_name, pw->pw_uid, pw->pw_gid};
+	return "";
+}
+
+// The database files that root created at this start become the
+// account's, so that it can go on using them and tools run as it can
+// open them.  A symbolic link is not followed, and a file owned by anyone
+// but root is left alone.
+std::string give_database(const std::string &db, const Account &a)
+{
+	for (const char *suffix : {"", "-wal", "-shm"}) {
+		std::string path = db + suffix;
+		int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+		if (fd < 0) {
+			if (errno == ENOENT)
+				continue;
+			return path + ": " + strerror(errno);
+		}
+		struct stat st;
+		int rc = fstat(fd, &st);
+		if (rc == 0 && S_ISREG(st.st_mode) && st.st_uid == 0)
+			rc = fchown(fd, a.uid, a.gid);
+		int err = errno;
+		close(fd);
+		if (rc != 0)
+			return path + ": " + strerror(err);
+	}
+	return "";
+}
+
+// Started as root: becomes the account (its groups, then its gid, then its
+// uid), for good.  Without an account, warns once.
+std::string drop_privileges(const qc::Config &cfg, const std::optional<Account> &a)
+{
+	if (geteuid() != 0)
+		return "";
+	if (!a) {
+		QC_WARN("running_as_root hint=%s",
+			qc::log_str("set the user directive to serve as an unprivileged user").c_str());
+		return "";
+	}
+	if (auto e = give_database(cfg.database, *a); !e.empty())
+		return e;
+	if (initgroups(a->name.c_str(), a->gid) != 0 || setgid(a->gid) != 0 || setuid(a->uid) != 0)
+		return "cannot become user " + a->name + ": " + strerror(errno);
+	if (a->uid != 0 && (setuid(0) == 0 || seteuid(0) == 0))
+		return "user " + a->name + ": root could be regained after switching";
+	QC_INFO("privileges_dropped user=%s uid=%u gid=%u", qc::log_str(a->name).c_str(),
+		static_cast<unsigned>(a->uid), static_cast<unsigned>(a->gid));
+	return "";
 }
 
 int config_error(const std::string &msg)
@@ -241,6 +320,10 @@ int main(int argc, char **argv)
 		return usage_error("unknown subcommand " + a.sub[0]);
 	}
 
+	std::optional<Account> account;
+	if (auto e = resolve_user(cfg, account); !e.empty())
+		return config_error(e);
+
 	qc::ServerSetup setup;
 	setup.cfg = cfg;
 	setup.sources = a.sources;
@@ -249,6 +332,11 @@ int main(int argc, char **argv)
 	auto server = qc::Server::create(std::move(setup));
 	if (!server) {
 		fprintf(stderr, "qryptchatd: %s\n", server.error().message.c_str());
+		return kExitFailure;
+	}
+	// Bound and with the database open: nothing left that needs root.
+	if (auto e = drop_privileges(cfg, account); !e.empty()) {
+		fprintf(stderr, "qryptchatd: %s\n", e.c_str());
 		return kExitFailure;
 	}
 	return (*server)->run();

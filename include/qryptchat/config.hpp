@@ -67,6 +67,9 @@ struct Config {
 	// logging
 	std::string log_level;              // error, warn, info, debug
 
+	// process
+	std::string user;                   // started as root: serve as this user ("" = stay)
+
 	// Not directives: where values came from, for messages.
 	std::string config_file;            // "" when no -c was given
 };

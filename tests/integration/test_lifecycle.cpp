@@ -1,10 +1,18 @@
 // The daemon's life: ready file, listening only where told, liveness
-// (pings and idle timeout), SIGTERM/SIGINT under load and idle, SIGHUP.
+// (pings and idle timeout), SIGTERM/SIGINT under load and idle, SIGHUP,
+// and dropping root for the `user` directive.
 #include <arpa/inet.h>
 #include <ifaddrs.h>
+#include <grp.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <pwd.h>
+#include <sys/stat.h>
 #include <sys/time.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
 
 #include <thread>
 #include <atomic>
@@ -212,6 +220,106 @@ static void test_sighup_reload(void **)
 	expect_frame(*c, "pong");
 }
 
+// The value of a "Name:" line of /proc/PID/status, tabs as spaces.
+static std::string proc_status(pid_t pid, const std::string &name)
+{
+	std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+	std::string line;
+	while (std::getline(f, line))
+		if (line.rfind(name + ":", 0) == 0) {
+			std::string v = line.substr(name.size() + 1);
+			std::replace(v.begin(), v.end(), '\t', ' ');
+			v.erase(0, v.find_first_not_of(' '));
+			v.erase(v.find_last_not_of(' ') + 1);
+			return v;
+		}
+	return "";
+}
+
+// Started as root with `user nobody`: serves as nobody, with nobody's
+// groups and no way back, on a database that now belongs to nobody.
+static void test_drops_privileges(void **)
+{
+	if (geteuid() != 0)
+		skip(); // only root can switch users
+	const passwd *pw = getpwnam("nobody");
+	assert_non_null(pw);
+	uid_t uid = pw->pw_uid;
+	gid_t gid = pw->pw_gid;
+	gid_t groups[64];
+	int ngroups = 64;
+	assert_true(getgrouplist("nobody", gid, groups, &ngroups) >= 0);
+	std::vector<gid_t> want_groups(groups, groups + ngroups);
+	std::sort(want_groups.begin(), want_groups.end());
+
+	// The directory (for the ready file, written once serving) is nobody's;
+	// the secret stays root's and is read before the switch.
+	std::string dir = make_temp_dir();
+	write_file(dir + "/secret", kTestSecret);
+	assert_int_equal(chmod((dir + "/secret").c_str(), 0600), 0);
+	assert_int_equal(chown(dir.c_str(), uid, gid), 0);
+	ServerOptions o;
+	o.dir = dir;
+	o.config = {{"user", "nobody"}};
+	// After setuid the process may not be traced, which LeakSanitizer
+	// needs at exit; the other tests check for leaks.
+	std::string asan = getenv("ASAN_OPTIONS") ? getenv("ASAN_OPTIONS") : "";
+	o.env = {{"ASAN_OPTIONS", asan + (asan.empty() ? "" : ":") + "detect_leaks=0"}};
+	auto s = ServerProcess::start(o);
+	assert_true(s->wait_log("privileges_dropped user=\"nobody\""));
+
+	std::string u = std::to_string(uid), g = std::to_string(gid);
+	assert_str_eq(proc_status(s->pid(), "Uid"), u + " " + u + " " + u + " " + u);
+	assert_str_eq(proc_status(s->pid(), "Gid"), g + " " + g + " " + g + " " + g);
+	std::vector<gid_t> have_groups;
+	std::istringstream gs(proc_status(s->pid(), "Groups"));
+	for (gid_t x; gs >> x;)
+		have_groups.push_back(x);
+	std::sort(have_groups.begin(), have_groups.end());
+	assert_true(have_groups == want_groups);
+
+	// It still writes to the database opened as root.
+	auto bob = connect_as(s->port(), "bob");
+	auto alice = connect_as(s->port(), "alice");
+	send_request(*alice, "create_conversation", R"({"participantIds":["bob"]})", "cc");
+	std::string conv = jstr(expect_frame(*alice, "conversation_created").get(), "payload.conversation.id");
+	send_request(*alice, "send_message", "{\"conversationId\":" + jquote(conv) + ",\"content\":\"hi\"}", "s");
+	expect_frame(*alice, "message_sent");
+	struct stat st;
+	assert_int_equal(stat(s->db_path().c_str(), &st), 0);
+	assert_int_equal(st.st_uid, uid);
+	assert_true(s->log().find("running_as_root") == std::string::npos);
+	assert_int_equal(s->stop(), 0);
+	s.reset();
+	remove_tree(dir);
+}
+
+// Started as root without `user`: one warning, and it serves.
+static void test_root_without_user_warns(void **)
+{
+	if (geteuid() != 0)
+		skip();
+	auto s = start_server();
+	std::string log = s->log();
+	size_t first = log.find("running_as_root");
+	assert_true(first != std::string::npos);
+	assert_true(log.find("running_as_root", first + 1) == std::string::npos);
+	assert_int_equal(http_request(s->port(), "GET", "/health").status, 200);
+}
+
+// An unknown user is a configuration error, found before anything starts.
+static void test_unknown_user(void **)
+{
+	std::string dir = make_temp_dir();
+	RunResult r = run_binary({"-D", "listen=127.0.0.1:0", "-D", "database=" + dir + "/chat.db", "-D",
+				  "user=qc-no-such-user"},
+				 {{"QRYPTCHAT_JWT_SECRET", kTestSecret}});
+	assert_int_equal(r.status, 2);
+	assert_true(r.err.find("user qc-no-such-user: no such user") != std::string::npos);
+	assert_int_equal(access((dir + "/chat.db").c_str(), F_OK), -1); // nothing was created
+	remove_tree(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -222,6 +330,9 @@ int main(void)
 		cmocka_unit_test(test_sigterm_under_load),
 		cmocka_unit_test(test_pings_and_idle_timeout),
 		cmocka_unit_test(test_sighup_reload),
+		cmocka_unit_test(test_drops_privileges),
+		cmocka_unit_test(test_root_without_user_warns),
+		cmocka_unit_test(test_unknown_user),
 	};
 	return cmocka_run_group_tests_name("lifecycle", tests, nullptr, nullptr);
 }

@@ -14,6 +14,7 @@
 PREFIX     ?= /usr/local
 SBINDIR    ?= $(PREFIX)/sbin
 MANDIR     ?= $(PREFIX)/share/man
+DATADIR    ?= $(PREFIX)/share
 SYSCONFDIR ?= /etc
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 DESTDIR    ?=
@@ -56,6 +57,7 @@ WARN := -Wall -Wextra -Wpedantic -Wshadow -Wformat=2 -Wnon-virtual-dtor \
 	-Wnull-dereference -Wimplicit-fallthrough -Wundef -Wcast-qual -Wmissing-declarations
 QC_CXXFLAGS := -std=c++17 $(WARN) -Iinclude -I$(BUILD)/gen $(PKG_CFLAGS) $(SANFLAGS) \
 	-DQC_DEFAULT_CONFIG='"$(SYSCONFDIR)/qryptchatd/qryptchatd.conf"' \
+	-DQC_DEFAULT_WEB_ROOT='"$(DATADIR)/qryptchatd/web"' \
 	$(CXXFLAGS) -MMD -MP
 QC_LDFLAGS := $(SANFLAGS) $(LDFLAGS)
 
@@ -191,23 +193,32 @@ lint:
 run: all
 	@scripts/run-dev $(BUILD)/qryptchatd
 
+WEB_FILES := $(wildcard web/*.html web/*.js web/*.css web/*.svg web/*.png web/*.ico \
+	web/*.webmanifest)
+
 install: all
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 \
-		$(DESTDIR)$(SYSCONFDIR)/qryptchatd $(DESTDIR)$(UNITDIR)
+		$(DESTDIR)$(SYSCONFDIR)/qryptchatd $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(DATADIR)/qryptchatd/web
 	install -m 755 $(BUILD)/qryptchatd $(DESTDIR)$(SBINDIR)/qryptchatd
 	install -m 644 man/qryptchatd.8 $(DESTDIR)$(MANDIR)/man8/qryptchatd.8
 	install -m 644 man/qryptchatd.conf.5 $(DESTDIR)$(MANDIR)/man5/qryptchatd.conf.5
 	install -m 644 etc/qryptchatd.service $(DESTDIR)$(UNITDIR)/qryptchatd.service
+	$(if $(WEB_FILES),install -m 644 $(WEB_FILES) $(DESTDIR)$(DATADIR)/qryptchatd/web/)
 	@# An existing configuration is the operator's: never overwritten.
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/qryptchatd/qryptchatd.conf ]; then \
 		echo "keeping existing $(DESTDIR)$(SYSCONFDIR)/qryptchatd/qryptchatd.conf"; \
 	else \
-		install -m 644 etc/qryptchatd.conf $(DESTDIR)$(SYSCONFDIR)/qryptchatd/qryptchatd.conf; \
+		sed 's|^# web_root .*|# web_root $(DATADIR)/qryptchatd/web|' etc/qryptchatd.conf \
+			> $(DESTDIR)$(SYSCONFDIR)/qryptchatd/qryptchatd.conf; \
+		chmod 644 $(DESTDIR)$(SYSCONFDIR)/qryptchatd/qryptchatd.conf; \
 	fi
 
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/qryptchatd $(DESTDIR)$(MANDIR)/man8/qryptchatd.8 \
 		$(DESTDIR)$(MANDIR)/man5/qryptchatd.conf.5 $(DESTDIR)$(UNITDIR)/qryptchatd.service
+	rm -rf $(DESTDIR)$(DATADIR)/qryptchatd/web
+	-rmdir $(DESTDIR)$(DATADIR)/qryptchatd 2>/dev/null
 
 clean:
 	rm -rf build

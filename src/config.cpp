@@ -1,5 +1,10 @@
 #include "qryptchat/config.hpp"
 
+// Where `make install` puts the web client (DATADIR/qryptchatd/web).
+#ifndef QC_DEFAULT_WEB_ROOT
+#define QC_DEFAULT_WEB_ROOT "/usr/local/share/qryptchatd/web"
+#endif
+
 #include <cctype>
 #include <cerrno>
 #include <cstring>
@@ -34,7 +39,7 @@ const std::vector<Directive> kTable = {
 	{"permessage_deflate", DirType::Bool, "no", 0, 0, nullptr, false,
 	 "Negotiate permessage-deflate compression (costs CPU and about 300 KB per connection).",
 	 &Config::permessage_deflate},
-	{"web_root", DirType::Path, "", 0, 0, nullptr, false,
+	{"web_root", DirType::Path, QC_DEFAULT_WEB_ROOT, 0, 0, nullptr, false,
 	 "Directory of the web client served at /; empty serves none.",
 	 &Config::web_root},
 	// storage
@@ -461,9 +466,6 @@ std::optional<ConfigError> config_validate(const Config &cfg)
 					   format_duration_ms(cfg.ping_interval_ms) + ")"};
 	if (cfg.database.empty())
 		return ConfigError{where, "database", "must not be empty"};
-	if (!cfg.web_root.empty())
-		return ConfigError{where, "web_root",
-				   "serving a web client is not supported by this version; leave it empty"};
 	return std::nullopt;
 }
 

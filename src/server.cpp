@@ -22,6 +22,7 @@
 #include "qryptchat/session.hpp"
 #include "qryptchat/stats.hpp"
 #include "qryptchat/store_sqlite.hpp"
+#include "qryptchat/web.hpp"
 
 namespace qc {
 
@@ -31,6 +32,14 @@ namespace {
 struct Pss {
 	SessionId id;            // WebSocket: the session, from ESTABLISHED
 	struct HttpReply *http;  // plain HTTP: the reply being written
+};
+
+// How a plain HTTP answer may be cached, and whether it is a file of the
+// web client (which then gets its security headers).
+struct HttpMeta {
+	const char *cache = "no-store";
+	std::string etag; // "" = none
+	bool web = false;
 };
 
 // A plain HTTP reply waiting for HTTP_WRITEABLE.
@@ -189,7 +198,9 @@ struct Server::Impl final : public Host, public DeliverySink {
 	std::optional<Refusal> check_limits(const std::string &ip);
 	int refuse(lws *wsi, const Refusal &r);
 	int reply_http(lws *wsi, Pss *pss, unsigned int status, const char *type, std::string body,
-		       bool head_only);
+		       bool head_only, const HttpMeta &meta = HttpMeta{});
+	int serve_web(lws *wsi, Pss *pss, const std::string &path, bool head);
+	std::string web_root;              // canonical web_root, "" when the web client is not served
 	std::string render_stats();
 	Gauges gauges();
 
@@ -392,6 +403,15 @@ Status Server::Impl::init()
 	store = std::move(*st);
 
 	store->begin_batch();
+	// The web client is a convenience: without its files the chat server
+	// still runs, and says why / answers as it does.
+	if (!cfg.web_root.empty()) {
+		auto root = web_root_resolve(cfg.web_root);
+		if (root)
+			web_root = *root;
+		else
+			QC_WARN("web_root_unavailable reason=%s", log_str(root.error().message).c_str());
+	}
 	broker = std::make_unique<LocalBroker>(rooms, *this);
 	ctx = std::make_unique<Ctx>(Ctx{*store, rooms, *broker, stats, cfg, auth, *this});
 
@@ -535,18 +555,25 @@ std::optional<Refusal> Server::Impl::check_limits(const std::string &ip)
 // ---------------------------------------------------------------- HTTP
 
 int Server::Impl::reply_http(lws *wsi, Pss *pss, unsigned int status, const char *type,
-			     std::string body, bool head_only)
+			     std::string body, bool head_only, const HttpMeta &meta)
 {
 	stats.http_requests++;
-	unsigned char hdr[LWS_PRE + 1024];
+	unsigned char hdr[LWS_PRE + 2048];
 	unsigned char *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr - 1;
-	if (lws_add_http_common_headers(wsi, status, type, body.size(), &p, end) ||
-	    lws_add_http_header_by_name(wsi, reinterpret_cast<const unsigned char *>("cache-control:"),
-					reinterpret_cast<const unsigned char *>("no-store"), 8, &p,
-					end) ||
-	    lws_add_http_header_by_name(
-		    wsi, reinterpret_cast<const unsigned char *>("x-content-type-options:"),
-		    reinterpret_cast<const unsigned char *>("nosniff"), 7, &p, end))
+	auto header = [&](const char *name, const std::string &value) {
+		return lws_add_http_header_by_name(wsi, reinterpret_cast<const unsigned char *>(name),
+						   reinterpret_cast<const unsigned char *>(value.data()),
+						   static_cast<int>(value.size()), &p, end) != 0;
+	};
+	// A 304 has no body, and says so without a Content-Length of its own.
+	if ((status == 304 ? lws_add_http_header_status(wsi, status, &p, end) != 0
+			   : lws_add_http_common_headers(wsi, status, type, body.size(), &p, end) != 0) ||
+	    header("cache-control:", meta.cache) || header("x-content-type-options:", "nosniff"))
+		return 1;
+	if (!meta.etag.empty() && header("etag:", meta.etag))
+		return 1;
+	if (meta.web && (header("content-security-policy:", kWebCsp) ||
+			 header("x-frame-options:", "DENY") || header("referrer-policy:", "no-referrer")))
 		return 1;
 	if (status == 426 &&
 	    lws_add_http_header_by_name(wsi, reinterpret_cast<const unsigned char *>("upgrade:"),
@@ -635,11 +662,14 @@ int Server::Impl::on_http(lws *wsi, Pss *pss, const char *path_in)
 	};
 	bool known = path == "/health" || path == "/stats" || path == "/metrics" ||
 		     path == "/ws" || path == "/";
-	if (!known)
+	if (!known && web_root.empty())
 		return reply_http(wsi, pss, 404, "application/json", json_error("not found"), head);
 	if (!get && !head)
 		return reply_http(wsi, pss, 405, "application/json", json_error("method not allowed"),
 				  false);
+	if (!web_root.empty() && path != "/health" && path != "/stats" && path != "/metrics" &&
+	    path != "/ws")
+		return serve_web(wsi, pss, path, head);
 	if (path == "/health") {
 		Gauges g = gauges();
 		std::string body;
@@ -663,6 +693,26 @@ int Server::Impl::on_http(lws *wsi, Pss *pss, const char *path_in)
 	// "/ws" and "/" without an Upgrade header.
 	return reply_http(wsi, pss, 426, "application/json",
 			  json_error("this endpoint speaks WebSocket: send an Upgrade request"), head);
+}
+
+// A file of the web client.  Every file is revalidated (no-cache) against
+// its ETag, since the files have fixed names and change on upgrade.
+int Server::Impl::serve_web(lws *wsi, Pss *pss, const std::string &path, bool head)
+{
+	auto f = web_read(web_root, path);
+	if (!f) {
+		std::string body;
+		JsonWriter(body).begin_object().field("error", "not found").end_object();
+		return reply_http(wsi, pss, 404, "application/json", body, head);
+	}
+	HttpMeta meta;
+	meta.cache = "no-cache";
+	meta.etag = f->etag;
+	meta.web = true;
+	char inm[128];
+	if (lws_hdr_copy(wsi, inm, sizeof inm, WSI_TOKEN_HTTP_IF_NONE_MATCH) > 0 && f->etag == inm)
+		return reply_http(wsi, pss, 304, f->type, "", true, meta);
+	return reply_http(wsi, pss, 200, f->type, std::move(f->body), head, meta);
 }
 
 // ---------------------------------------------------------------- WebSocket upgrade
@@ -1330,8 +1380,9 @@ Result<std::unique_ptr<Server>> Server::create(ServerSetup setup)
 int Server::run()
 {
 	Impl &m = *impl_;
-	QC_INFO("listening address=%s port=%d database=%s loop=libev backend=epoll",
-		m.cfg.listen_host.c_str(), m.bound_port, log_str(m.cfg.database).c_str());
+	QC_INFO("listening address=%s port=%d database=%s web_root=%s loop=libev backend=epoll",
+		m.cfg.listen_host.c_str(), m.bound_port, log_str(m.cfg.database).c_str(),
+		log_str(m.web_root).c_str());
 	if (!m.setup.ready_file.empty() && !write_ready_file(m.setup.ready_file, m.bound_port)) {
 		QC_ERR("ready_file path=%s error=%s", log_str(m.setup.ready_file).c_str(),
 		       strerror(errno));

@@ -80,10 +80,6 @@ static void test_config_errors_exit_2(void **)
 	r = run_binary({"--check-config"}, {{"QRYPTCHAT_MAX_QUEUE_BYTES", "1T"}});
 	assert_int_equal(r.status, 2);
 	assert_contains(r.err, "environment QRYPTCHAT_MAX_QUEUE_BYTES: max_queue_bytes");
-	// web_root is reserved: a value is refused rather than silently ignored.
-	r = run_binary({"-D", "web_root=" + d.path, "--check-config"});
-	assert_int_equal(r.status, 2);
-	assert_contains(r.err, "web_root: serving a web client is not supported by this version");
 }
 
 static void test_secret_required(void **)

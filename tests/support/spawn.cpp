@@ -363,7 +363,8 @@ bool ServerProcess::Impl::launch(const ServerOptions &opts)
 	std::string conf = "listen 127.0.0.1:0\n"
 			   "database " + dir + "/chat.db\n"
 			   "jwt_secret_file " + dir + "/secret\n"
-			   "log_level debug\n";
+			   "log_level debug\n"
+			   "web_root\n"; // an installed web client must not change what tests see
 	for (const auto &kv : opts.config)
 		conf += kv.first + " " + kv.second + "\n";
 	if (!write_file_mode(dir + "/qryptchatd.conf", conf, 0644)) {

@@ -23,7 +23,7 @@ std::string server_binary();
 struct ServerOptions {
 	// Directives written to the config file, one "name value" line each,
 	// after the test defaults (listen 127.0.0.1:0, database DIR/chat.db,
-	// jwt_secret_file DIR/secret, log_level debug).  A later entry for the
+	// jwt_secret_file DIR/secret, log_level debug, web_root empty).  A later entry for the
 	// same name wins.
 	std::vector<std::pair<std::string, std::string>> config;
 	std::vector<std::string> extra_args;                      // appended to argv

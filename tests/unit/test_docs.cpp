@@ -36,6 +36,10 @@ static void test_sample_config_lists_every_default(void **)
 	std::string text = slurp("etc/qryptchatd.conf");
 	for (const auto &d : directives()) {
 		std::string line = std::string("# ") + d.name + (d.def[0] ? std::string(" ") + d.def : "");
+		// The sample shows web_root for the default PREFIX; a build for
+		// another has another default (make install writes it in).
+		if (std::string(d.name) == "web_root")
+			line = "# web_root /usr/local/share/qryptchatd/web";
 		if (!has_line(text, line))
 			fail_msg("etc/qryptchatd.conf lacks the line \"%s\"", line.c_str());
 	}

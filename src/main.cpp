@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "qryptchat/admin.hpp"
 #include "qryptchat/auth.hpp"
 #include "qryptchat/config.hpp"
 #include "qryptchat/json.hpp"
@@ -40,7 +41,9 @@ const char kUsage[] =
 	"usage: qryptchatd [-c FILE] [-D name=value]... [-p PORT] [--ready-file FILE]\n"
 	"                  [--check-config] [--print-config] [-v | -q] [--version] [--help]\n"
 	"       qryptchatd [-c FILE] [-D name=value]... token SUB [--ttl DURATION]\n"
-	"                  [--name NAME] [--username U]\n";
+	"                  [--name NAME] [--username U]\n"
+	"       qryptchatd [-c FILE] [-D name=value]... user|conversation|backup|restore|\n"
+	"                  check|prune ... [--json]\n";
 
 const char kHelp[] =
 	"qryptchatd: a self-hosted QryptChat WebSocket chat server.\n"
@@ -64,6 +67,18 @@ const char kHelp[] =
 	"      --ttl DURATION     lifetime (default 1h; e.g. 30m, 24h)\n"
 	"      --name NAME        display name hint (user_metadata.display_name)\n"
 	"      --username U       username hint (user_metadata.username)\n"
+	"  user list|show ID|add ID [--username U] [--name N] [--email E]|disable ID|enable ID\n"
+	"                     the users of the database; a disabled user's tokens are\n"
+	"                     refused and a running server closes its connections\n"
+	"  conversation list [--user ID]|show ID|add-member CONV USER|remove-member CONV USER\n"
+	"  backup FILE        write a consistent copy of the database to a new FILE\n"
+	"  restore FILE       replace the database by a backup (the server must be stopped)\n"
+	"  check              integrity check, schema version and counts\n"
+	"  prune --older-than DURATION\n"
+	"                     delete messages older than DURATION (e.g. 365d)\n"
+	"  --json             machine-readable output of list, show, check and prune\n"
+	"  These work on the configured database while the server runs or is stopped;\n"
+	"  exit status 0 done, 1 failed, 2 bad usage, 3 no such user or conversation.\n"
 	"\n"
 	"Environment: QRYPTCHAT_<DIRECTIVE> sets any directive (e.g. QRYPTCHAT_LOG_LEVEL);\n"
 	"QRYPTCHAT_JWT_SECRET holds the secret when jwt_secret_file is not set;\n"
@@ -306,6 +321,9 @@ int main(int argc, char **argv)
 		fputs(qc::config_dump(cfg).c_str(), stdout);
 		return kExitOk;
 	}
+	// The operator's subcommands need the database, not the secret.
+	if (!a.sub.empty() && qc::is_admin_command(a.sub[0]))
+		return qc::admin_main(cfg, a.sub);
 	auto secret = qc::load_jwt_secret(cfg, environ);
 	if (!secret)
 		return config_error(secret.error().message);

@@ -197,4 +197,10 @@ std::vector<std::string> RoomTable::online_users() const
 	return out;
 }
 
+std::vector<std::string> RoomTable::rooms_of(SessionId s) const
+{
+	auto it = session_rooms_.find(s);
+	return it == session_rooms_.end() ? std::vector<std::string>() : it->second;
+}
+
 } // namespace qc

@@ -136,6 +136,7 @@ struct Server::Impl final : public Host, public DeliverySink {
 	std::vector<std::pair<SessionId, std::optional<std::string>>> batch_requests;
 	void commit_batch();
 	ev_timer typing_timer{};           // the earliest typing deadline
+	ev_timer change_timer{};           // every second: changes by other processes (admin)
 	// lws 4.1.6's libev glue re-arms its timer with ev_timer_set() on a
 	// watcher that may still be active, which libev ignores: a timer added
 	// earlier than the armed one (a ping, a close handshake timeout) then
@@ -218,6 +219,7 @@ struct Server::Impl final : public Host, public DeliverySink {
 	static void on_auth_timeout(struct ev_loop *loop, ev_timer *w, int revents) noexcept;
 	static void on_token_timeout(struct ev_loop *loop, ev_timer *w, int revents) noexcept;
 	static void on_typing_timer(struct ev_loop *loop, ev_timer *w, int revents) noexcept;
+	static void on_change_timer(struct ev_loop *loop, ev_timer *w, int revents) noexcept;
 	static void on_lws_tick(lws_sorted_usec_list_t *sul) noexcept;
 	static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents) noexcept;
 };
@@ -443,6 +445,11 @@ Status Server::Impl::init()
 		signal(SIGPIPE, SIG_IGN);
 	}
 	ev_timer_init(&shutdown_timer, &Impl::on_shutdown_tick, 0.01, 0.01);
+	// A user disabled or a member removed by `qryptchatd user|conversation`
+	// takes effect within a second.
+	ev_timer_init(&change_timer, &Impl::on_change_timer, 1., 1.);
+	ev_timer_start(loop, &change_timer);
+	store->changed_by_others(); // the baseline
 	ev_init(&typing_timer, &Impl::on_typing_timer);
 	raw_writes = !cfg.permessage_deflate;
 	ev_prepare_init(&flush_watcher, &Impl::on_prepare);
@@ -1217,6 +1224,13 @@ void Server::Impl::on_typing_timer(struct ev_loop *l, ev_timer *, int) noexcept
 	auto *self = static_cast<Impl *>(ev_userdata(l));
 	handle_typing_expiry(*self->ctx, mono_us());
 	self->typing_changed();
+}
+
+void Server::Impl::on_change_timer(struct ev_loop *l, ev_timer *, int) noexcept
+{
+	auto *self = static_cast<Impl *>(ev_userdata(l));
+	if (self->store->changed_by_others())
+		handle_external_change(*self->ctx);
 }
 
 void Server::Impl::on_lws_tick(lws_sorted_usec_list_t *sul) noexcept

@@ -6,106 +6,17 @@
 #include <cstring>
 
 #include "qryptchat/log.hpp"
+#include "sqlite_stmt.hpp"
 
 extern "C" const char kSchemaSql[]; // schema.sql, compiled in by the Makefile
 
 namespace qc {
 
+using sqlite::DbPtr;
+using sqlite::Stmt;
+using sqlite::Use;
+
 namespace {
-
-struct DbCloser {
-	void operator()(sqlite3 *db) const noexcept { sqlite3_close_v2(db); }
-};
-struct StmtFinalizer {
-	void operator()(sqlite3_stmt *s) const noexcept { sqlite3_finalize(s); }
-};
-using DbPtr = std::unique_ptr<sqlite3, DbCloser>;
-
-// A prepared statement, reset and unbound after each use by Use.
-class Stmt
-{
-public:
-	Stmt() = default;
-	bool prepare(sqlite3 *db, const char *sql)
-	{
-		sqlite3_stmt *s = nullptr;
-		int rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s, nullptr);
-		stmt_.reset(s);
-		sql_ = sql;
-		return rc == SQLITE_OK;
-	}
-	sqlite3_stmt *get() const { return stmt_.get(); }
-	const char *sql() const { return sql_; }
-
-private:
-	std::unique_ptr<sqlite3_stmt, StmtFinalizer> stmt_;
-	const char *sql_ = "";
-};
-
-// One use of a prepared statement: binds, steps, reads columns; resets on
-// destruction so the statement is ready for the next call.
-class Use
-{
-public:
-	explicit Use(Stmt &s) : s_(s.get()) {}
-	~Use()
-	{
-		sqlite3_reset(s_);
-		sqlite3_clear_bindings(s_);
-	}
-	Use(const Use &) = delete;
-	Use &operator=(const Use &) = delete;
-
-	// Text is bound without a copy (SQLITE_STATIC): it must outlive the
-	// step() of this use, so never bind a temporary.
-	Use &bind(int i, const char *literal)
-	{
-		sqlite3_bind_text(s_, i, literal, -1, SQLITE_STATIC);
-		return *this;
-	}
-	Use &bind(int i, const std::string &v)
-	{
-		sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
-		return *this;
-	}
-	Use &bind(int i, const std::optional<std::string> &v)
-	{
-		if (v)
-			return bind(i, *v);
-		sqlite3_bind_null(s_, i);
-		return *this;
-	}
-	Use &bind(int i, int64_t v)
-	{
-		sqlite3_bind_int64(s_, i, v);
-		return *this;
-	}
-	// SQLITE_ROW, SQLITE_DONE or an error code.
-	int step() { return sqlite3_step(s_); }
-	std::string text(int col) const
-	{
-		const unsigned char *p = sqlite3_column_text(s_, col);
-		return p ? std::string(reinterpret_cast<const char *>(p),
-				       static_cast<size_t>(sqlite3_column_bytes(s_, col)))
-			 : std::string();
-	}
-	std::optional<std::string> opt_text(int col) const
-	{
-		if (sqlite3_column_type(s_, col) == SQLITE_NULL)
-			return std::nullopt;
-		return text(col);
-	}
-	int64_t i64(int col) const { return sqlite3_column_int64(s_, col); }
-	std::optional<int64_t> opt_i64(int col) const
-	{
-		if (sqlite3_column_type(s_, col) == SQLITE_NULL)
-			return std::nullopt;
-		return i64(col);
-	}
-
-private:
-	sqlite3_stmt *s_;
-};
 
 // The columns of a message as a viewer sees it; ?1 is always the viewer.
 #define MESSAGE_COLUMNS                                                                            \
@@ -163,6 +74,7 @@ public:
 	Result<Page> load_messages(const PageQuery &q) override;
 	Status mark_read(const std::string &conversation, const std::string &user, int64_t seq) override;
 	bool healthy() override;
+	bool changed_by_others() override;
 	void begin_batch() override { batching_ = true; }
 	bool batch_has_writes() const override { return outer_open_; }
 	Status end_batch() override;
@@ -247,7 +159,8 @@ private:
 	Stmt latest_, unread_;
 	Stmt by_client_id_, seq_next_, msg_insert_, copy_insert_, msg_seq_;
 	Stmt page_newest_, page_before_, page_after_, mark_read_;
-	Stmt health_;
+	Stmt health_, data_version_;
+	int64_t data_version_seen_ = -1;
 	std::vector<Stmt *> all_; // every statement above, for query_plans()
 };
 
@@ -411,6 +324,8 @@ Status SqliteStore::prepare_all()
 		{&mark_read_, "UPDATE participants SET last_read_seq = ?3 "
 			      "WHERE conversation_id = ?1 AND user_id = ?2 AND last_read_seq < ?3"},
 		{&health_, "SELECT count(*) FROM sqlite_schema"},
+		// Changes when another connection commits (never for our own).
+		{&data_version_, "PRAGMA data_version"},
 	};
 	for (const auto &it : items) {
 		if (!it.stmt->prepare(db_.get(), it.sql))
@@ -868,6 +783,17 @@ Status SqliteStore::end_batch()
 	Error e = write_error("commit");
 	Use(rollback_).step(); // SQLite may have rolled back already
 	return e;
+}
+
+bool SqliteStore::changed_by_others()
+{
+	Use u(data_version_);
+	if (u.step() != SQLITE_ROW)
+		return false;
+	int64_t v = u.i64(0);
+	bool changed = data_version_seen_ >= 0 && v != data_version_seen_;
+	data_version_seen_ = v;
+	return changed;
 }
 
 bool SqliteStore::healthy()

@@ -288,6 +288,8 @@ std::optional<int64_t> parse_duration_ms(std::string_view text)
 		mult = 60 * 1000;
 	else if (unit == "h")
 		mult = 3600 * 1000;
+	else if (unit == "d")
+		mult = 24 * 3600 * 1000;
 	else
 		return std::nullopt;
 	int64_t out;

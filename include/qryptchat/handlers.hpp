@@ -85,6 +85,10 @@ void handle_close(Ctx &ctx, Caller &c);
 void handle_typing_expiry(Ctx &ctx, int64_t now_us);
 // The socket's token expired (deadline reached): close or refuse.
 void handle_token_expiry(Ctx &ctx, Caller &c);
+// Another process changed the database (the admin subcommands): closes
+// the sockets of users now disabled, and takes sockets out of rooms whose
+// conversation their user no longer takes part in.
+void handle_external_change(Ctx &ctx);
 
 // Close codes (PROTOCOL.md §8).
 constexpr int kClosePolicy = 1008;

@@ -36,6 +36,8 @@ public:
 	bool leave(SessionId s, const std::string &room);
 	// Removes the socket from every room; returns the rooms it was in.
 	std::vector<std::string> leave_all(SessionId s);
+	// The rooms a socket is joined to (a copy: callers may leave them).
+	std::vector<std::string> rooms_of(SessionId s) const;
 	// Sockets joined to a room (empty when the room does not exist).  The
 	// reference is valid until the next change to that room.
 	const std::vector<SessionId> &members(const std::string &room) const;

@@ -172,6 +172,10 @@ public:
 	// Can the database be read right now? (for /health)
 	virtual bool healthy() = 0;
 
+	// Has another process (the admin subcommands) committed a change
+	// since the last call?  Cheap enough to ask every second.
+	virtual bool changed_by_others() { return false; }
+
 	// Group commit.  After begin_batch(), the writes of successive calls
 	// may share one transaction, each still all-or-nothing on its own;
 	// none is durable, or visible to other database connections, until

@@ -93,7 +93,7 @@ bool random_bytes(void *buf, size_t len);
 std::string base64url_encode(std::string_view bytes);
 std::optional<std::string> base64url_decode(std::string_view text);
 
-// Durations: "250ms", "10s", "5m", "2h"; a bare number is seconds.
+// Durations: "250ms", "10s", "5m", "2h", "30d"; a bare number is seconds.
 // Returns milliseconds, or nullopt when malformed or negative.
 std::optional<int64_t> parse_duration_ms(std::string_view text);
 // "1500ms", "10s", "5m"... the shortest exact rendering of a duration.

@@ -274,4 +274,39 @@ void handle_token_expiry(Ctx &ctx, Caller &c)
 	ctx.host.close(c.id, kCloseTokenExpired, "token expired");
 }
 
+void handle_external_change(Ctx &ctx)
+{
+	for (const std::string &user : ctx.rooms.online_users()) {
+		auto u = ctx.store.get_user(user);
+		if (!u || !*u)
+			continue; // unreadable now: the next change looks again
+		std::vector<SessionId> sockets = ctx.rooms.sessions_of(user);
+		if ((*u)->disabled) {
+			QC_INFO("close_user_disabled user=%s sockets=%zu", log_str(user).c_str(),
+				sockets.size());
+			for (SessionId s : sockets)
+				ctx.host.close(s, kClosePolicy, "user disabled");
+			continue;
+		}
+		for (SessionId s : sockets)
+			for (const std::string &room : ctx.rooms.rooms_of(s)) {
+				auto member = ctx.store.is_participant(room, user);
+				if (!member || *member)
+					continue;
+				ctx.rooms.leave(s, room);
+				ctx.host.send(s, build_frame("conversation_left", reply_request_id(std::nullopt),
+							     [&](JsonWriter &w) {
+								     w.begin_object()
+									     .field("conversationId", room)
+									     .end_object();
+							     }));
+				if (!ctx.rooms.user_in_room(user, room))
+					if (auto t = ctx.rooms.typing_stop(room, user)) {
+						push_typing_ended(ctx, *t);
+						ctx.host.typing_changed();
+					}
+			}
+	}
+}
+
 } // namespace qc

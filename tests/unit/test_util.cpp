@@ -72,13 +72,14 @@ static void test_durations(void **)
 	assert_int_equal(*parse_duration_ms("250ms"), 250);
 	assert_int_equal(*parse_duration_ms("10"), 10000);
 	assert_int_equal(*parse_duration_ms("10s"), 10000);
+	assert_int_equal(*parse_duration_ms("30d"), 30LL * 24 * 3600 * 1000);
 	assert_int_equal(*parse_duration_ms("5m"), 300000);
 	assert_int_equal(*parse_duration_ms("2h"), 7200000);
 	assert_int_equal(*parse_duration_ms(" 3S "), 3000);
 	assert_false(parse_duration_ms("").has_value());
 	assert_false(parse_duration_ms("-1s").has_value());
 	assert_false(parse_duration_ms("1.5s").has_value());
-	assert_false(parse_duration_ms("5d").has_value());
+	assert_false(parse_duration_ms("5w").has_value());
 	assert_false(parse_duration_ms("99999999999999999999h").has_value());
 	assert_str_eq(format_duration_ms(250), "250ms");
 	assert_str_eq(format_duration_ms(30000), "30s");

@@ -128,6 +128,12 @@ const std::vector<Directive> kTable = {
 	{"log_level", DirType::Enum, "info", 0, 0, "error warn info debug", true,
 	 "Least severe level written to the log.",
 	 &Config::log_level},
+	{"log_format", DirType::Enum, "text", 0, 0, "text json", true,
+	 "Log lines as text (time level event key=value...) or as one JSON object each.",
+	 &Config::log_format},
+	{"log_file", DirType::Path, "", 0, 0, nullptr, true,
+	 "File the log is appended to (reopened on SIGUSR1, for logrotate); empty logs to stderr.",
+	 &Config::log_file},
 	// process
 	{"user", DirType::String, "", 0, 0, nullptr, false,
 	 "Started as root, serve as this user (and its groups) once listening with the database open; empty stays root.",

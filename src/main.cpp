@@ -83,7 +83,8 @@ const char kHelp[] =
 	"Environment: QRYPTCHAT_<DIRECTIVE> sets any directive (e.g. QRYPTCHAT_LOG_LEVEL);\n"
 	"QRYPTCHAT_JWT_SECRET holds the secret when jwt_secret_file is not set;\n"
 	"WEBSOCKET_PORT sets the port of `listen`.\n"
-	"Signals: TERM and INT stop (connections are closed with 1001), HUP reloads.\n"
+	"Signals: TERM and INT stop (connections are closed with 1001), HUP reloads,\n"
+	"USR1 reopens the log file.\n"
 	"Exit status: 0 clean stop, 1 runtime failure, 2 bad usage or configuration.\n"
 	"See qryptchatd(8) and qryptchatd.conf(5).\n";
 

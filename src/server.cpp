@@ -103,7 +103,7 @@ struct Server::Impl final : public Host, public DeliverySink {
 	int bound_port = 0;
 	ev_io accept_watcher{};
 	ev_timer accept_pause{};           // accept() paused after EMFILE
-	ev_signal sig_term{}, sig_int{}, sig_hup{};
+	ev_signal sig_term{}, sig_int{}, sig_hup{}, sig_usr1{};
 	ev_async async_stop{}, async_reload{};
 	ev_timer shutdown_timer{};
 	ev_tstamp shutdown_deadline = 0;
@@ -241,6 +241,9 @@ void Server::Impl::apply_runtime_config()
 	LogLevel level;
 	if (parse_log_level(cfg.log_level, level))
 		g_log_level = level;
+	parse_log_format(cfg.log_format, g_log_format);
+	if (std::string err = log_set_file(cfg.log_file); !err.empty())
+		QC_ERR("log_file_failed reason=%s", log_str(err).c_str());
 	auth.secret = setup.secret;
 	auth.leeway_s = cfg.jwt_leeway_ms / 1000;
 	auth.audience = cfg.jwt_audience;
@@ -439,9 +442,11 @@ Status Server::Impl::init()
 		ev_signal_init(&sig_term, &Impl::on_signal, SIGTERM);
 		ev_signal_init(&sig_int, &Impl::on_signal, SIGINT);
 		ev_signal_init(&sig_hup, &Impl::on_signal, SIGHUP);
+		ev_signal_init(&sig_usr1, &Impl::on_signal, SIGUSR1);
 		ev_signal_start(loop, &sig_term);
 		ev_signal_start(loop, &sig_int);
 		ev_signal_start(loop, &sig_hup);
+		ev_signal_start(loop, &sig_usr1);
 		signal(SIGPIPE, SIG_IGN);
 	}
 	ev_timer_init(&shutdown_timer, &Impl::on_shutdown_tick, 0.01, 0.01);
@@ -1244,10 +1249,18 @@ void Server::Impl::on_lws_tick(lws_sorted_usec_list_t *sul) noexcept
 void Server::Impl::on_signal(struct ev_loop *l, ev_signal *w, int) noexcept
 {
 	auto *self = static_cast<Impl *>(ev_userdata(l));
-	if (w->signum == SIGHUP)
+	if (w->signum == SIGHUP) {
 		self->reload();
-	else
+	} else if (w->signum == SIGUSR1) {
+		// logrotate moved the file: write to a new one of the same name.
+		std::string err = log_reopen();
+		if (err.empty())
+			QC_INFO("log_reopened");
+		else
+			QC_ERR("log_reopen_failed reason=%s", log_str(err).c_str());
+	} else {
 		self->begin_shutdown();
+	}
 }
 
 void Server::Impl::on_async(struct ev_loop *l, ev_async *w, int) noexcept

@@ -66,6 +66,8 @@ struct Config {
 
 	// logging
 	std::string log_level;              // error, warn, info, debug
+	std::string log_format;             // text, json
+	std::string log_file;               // "" = stderr
 
 	// process
 	std::string user;                   // started as root: serve as this user ("" = stay)

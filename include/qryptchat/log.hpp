@@ -1,9 +1,11 @@
-// log: levelled, one-line, escaped logging to stderr.
+// log: levelled, one-line, escaped logging to stderr or a file.
 //
-// A line is "<ISO time> <level> <event> key=value ...".  The level is
-// checked before anything is formatted (QC_LOG* macros).  Client-supplied
-// strings must go through log_str() (quoted and escaped) so that nobody can
-// forge a log line; tokens and message bodies are never logged.
+// A line is "<ISO time> <level> <event> key=value ..." or, with
+// log_format json, one JSON object per line with "ts", "level", "event"
+// and one member per key.  The level is checked before anything is
+// formatted (QC_LOG* macros).  Client-supplied strings must go through
+// log_str() (quoted and escaped) so that nobody can forge a log line;
+// tokens and message bodies are never logged.
 #pragma once
 
 #include <string>
@@ -25,6 +27,23 @@ void log_write(LogLevel level, const char *fmt, ...) __attribute__((format(print
 
 // A client string as a quoted, escaped log field value.
 std::string log_str(std::string_view s);
+
+enum class LogFormat { Text, Json };
+extern LogFormat g_log_format;
+bool parse_log_format(std::string_view s, LogFormat &out); // "text", "json"
+
+// One text line's body ("<event> key=value ...", values bare or as
+// log_str() writes them) as the members of a JSON object, after "ts" and
+// "level": `"event":"...","key":"value",...` (digits-only values as
+// numbers, invalid UTF-8 as U+FFFD).
+std::string log_body_json(std::string_view body);
+
+// Sends lines to the file `path` (appended; created with mode 0640), or to
+// stderr when `path` is empty.  Returns "" or the reason it could not be
+// opened; the previous destination is then kept.
+std::string log_set_file(const std::string &path);
+// Opens the current file again, after logrotate moved it (SIGUSR1).
+std::string log_reopen();
 
 // Routes libwebsockets' own log output into ours (errors and warnings,
 // plus notices at debug level).

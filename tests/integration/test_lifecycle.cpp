@@ -320,6 +320,58 @@ static void test_unknown_user(void **)
 	remove_tree(dir);
 }
 
+// Waits (5 s at most) until the file contains `needle`.
+static bool file_has(const std::string &path, const std::string &needle)
+{
+	for (int i = 0; i < 500; i++) {
+		if (read_file(path).find(needle) != std::string::npos)
+			return true;
+		poll(nullptr, 0, 10);
+	}
+	return false;
+}
+
+// log_file, reopened on SIGUSR1 after a rotation; log_format json.
+static void test_log_file_and_json(void **)
+{
+	std::string dir = make_temp_dir();
+	std::string log = dir + "/qryptchatd.log";
+	auto s = start_server({{"log_file", log}, {"log_format", "json"}});
+	assert_true(file_has(log, "\"event\":\"listening\""));
+	assert_true(s->log().find("listening") == std::string::npos); // not on stderr
+	auto c = connect_as(s->port(), "alice");
+	assert_true(file_has(log, "\"event\":\"auth\""));
+	// Every line is one JSON object with ts, level and event.
+	std::istringstream lines(read_file(log));
+	int n = 0;
+	for (std::string line; std::getline(lines, line); n++) {
+		Json j = parse_json(line);
+		if (!j)
+			fail_msg("not JSON: %s", line.c_str());
+		assert_true(jstr(j.get(), "ts").size() == 24);
+		assert_false(jstr(j.get(), "level").empty());
+		assert_non_null(jget(j.get(), "event"));
+	}
+	assert_true(n >= 2);
+	Json listening = nullptr;
+	std::istringstream again(read_file(log));
+	for (std::string line; std::getline(again, line);)
+		if (line.find("\"listening\"") != std::string::npos)
+			listening = parse_json(line);
+	assert_int_equal(jnum(listening.get(), "port"), s->port());
+
+	// logrotate: move the file, then SIGUSR1; new lines go to a new file.
+	assert_int_equal(rename(log.c_str(), (log + ".1").c_str()), 0);
+	s->signal(SIGUSR1);
+	assert_true(file_has(log, "\"event\":\"log_reopened\""));
+	c.reset();
+	assert_true(file_has(log, "\"event\":\"ws_close\""));
+	assert_true(read_file(log + ".1").find("log_reopened") == std::string::npos);
+	assert_int_equal(s->stop(), 0);
+	s.reset();
+	remove_tree(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -333,6 +385,7 @@ int main(void)
 		cmocka_unit_test(test_drops_privileges),
 		cmocka_unit_test(test_root_without_user_warns),
 		cmocka_unit_test(test_unknown_user),
+		cmocka_unit_test(test_log_file_and_json),
 	};
 	return cmocka_run_group_tests_name("lifecycle", tests, nullptr, nullptr);
 }

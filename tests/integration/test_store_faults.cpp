@@ -187,14 +187,18 @@ static void test_read_only(void **)
 	std::string control = dir + "/fault";
 	write_file(dir + "/secret", kTestSecret);
 	assert_int_equal(chmod((dir + "/secret").c_str(), 0600), 0);
+	// The database in a directory of its own: only its files fail.
+	std::string db_dir = dir + "/db";
+	assert_int_equal(mkdir(db_dir.c_str(), 0700), 0);
 	ServerOptions o;
 	o.dir = dir;
+	o.config = {{"database", db_dir + "/chat.db"}};
 	std::string lib = server_binary();
 	lib = lib.substr(0, lib.rfind('/') + 1) + "tests/faultfs/libqcfault.so";
 	assert_int_equal(access(lib.c_str(), R_OK), 0);
 	std::string asan = getenv("ASAN_OPTIONS") ? getenv("ASAN_OPTIONS") : "";
 	o.env = {{"LD_PRELOAD", lib},
-		 {"QC_FAULT_DIR", dir},
+		 {"QC_FAULT_DIR", db_dir},
 		 {"QC_FAULT_CONTROL", control},
 		 // the fault library is loaded ahead of the sanitizer runtime
 		 {"ASAN_OPTIONS", asan + (asan.empty() ? "" : ":") + "verify_asan_link_order=0"}};
@@ -204,7 +208,7 @@ static void test_read_only(void **)
 	write_file(control, "EROFS");
 	fault_and_recover(*s, chat, [&] { assert_int_equal(unlink(control.c_str()), 0); });
 	assert_int_equal(s->stop(), 0);
-	expect_integrity_ok(s->db_path());
+	expect_integrity_ok(db_dir + "/chat.db");
 	remove_tree(dir);
 }
 

@@ -77,6 +77,10 @@ VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.
 
 BENCH_BINS := $(BUILD)/bench/qryptchat-bench $(BUILD)/bench/loop-cost
 
+# examples/embed.cpp: an appliance hosting the server in its own process;
+# `make test` runs it (it starts, checks /health, stops).
+EXAMPLE_BINS := $(BUILD)/examples/embed
+
 # Fuzz targets (tests/fuzz/fuzz_<name>.cpp).  `make test` replays their
 # seed corpus and regression inputs with the ordinary build; `make fuzz`
 # builds them with libFuzzer and runs each for FUZZ_SECONDS.
@@ -135,6 +139,9 @@ $(FAULTFS): tests/faultfs/faultfs.cpp
 	@mkdir -p $(dir $@)
 	$(CXX) -std=c++17 -O2 -g $(WARN) -fPIC -shared -o $@ $< -ldl
 
+$(BUILD)/examples/%: $(BUILD)/examples/%.o $(BUILD)/libqryptchat.a
+	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS) -pthread
+
 $(BUILD)/tests/fuzz/replay_%: $(BUILD)/tests/fuzz/fuzz_%.o $(BUILD)/tests/fuzz/replay.o \
 		$(BUILD)/libqryptchat.a
 	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS) $(CMOCKA)
@@ -153,9 +160,9 @@ TEST_ENV = SANITIZER_REPORTS=$(BUILD)/sanitizer-reports \
 	UBSAN_OPTIONS=log_path=$(BUILD)/sanitizer-reports/ubsan:print_stacktrace=1
 endif
 
-test: all $(UNIT_BINS) $(REPLAY_BINS) $(INTEG_BINS) $(FAULTFS) lint
+test: all $(UNIT_BINS) $(REPLAY_BINS) $(INTEG_BINS) $(FAULTFS) $(EXAMPLE_BINS) lint
 	@QRYPTCHATD=$(BUILD)/qryptchatd $(TEST_ENV) scripts/run-tests $(UNIT_BINS) $(REPLAY_BINS) \
-		$(INTEG_BINS)
+		$(INTEG_BINS) $(EXAMPLE_BINS)
 
 unit: $(UNIT_BINS) $(REPLAY_BINS)
 	@$(TEST_ENV) scripts/run-tests $(UNIT_BINS) $(REPLAY_BINS)

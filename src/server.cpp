@@ -14,6 +14,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <unordered_map>
 
 #include "qryptchat/broker.hpp"
@@ -136,7 +137,10 @@ struct Server::Impl final : public Host, public DeliverySink {
 	std::vector<std::pair<SessionId, std::optional<std::string>>> batch_requests;
 	void commit_batch();
 	ev_timer typing_timer{};           // the earliest typing deadline
-	ev_timer change_timer{};           // every second: changes by other processes (admin)
+	ev_timer change_timer{};           // every second: changes by other processes (admin),
+					   // and the stats snapshot
+	mutable std::mutex snapshot_mu;    // guards snapshot, read by other threads (embedding)
+	std::string snapshot;              // render_stats() of the last second
 	// lws 4.1.6's libev glue re-arms its timer with ev_timer_set() on a
 	// watcher that may still be active, which libev ignores: a timer added
 	// earlier than the armed one (a ping, a close handshake timeout) then
@@ -455,6 +459,7 @@ Status Server::Impl::init()
 	ev_timer_init(&change_timer, &Impl::on_change_timer, 1., 1.);
 	ev_timer_start(loop, &change_timer);
 	store->changed_by_others(); // the baseline
+	snapshot = render_stats();
 	ev_init(&typing_timer, &Impl::on_typing_timer);
 	raw_writes = !cfg.permessage_deflate;
 	ev_prepare_init(&flush_watcher, &Impl::on_prepare);
@@ -1236,6 +1241,9 @@ void Server::Impl::on_change_timer(struct ev_loop *l, ev_timer *, int) noexcept
 	auto *self = static_cast<Impl *>(ev_userdata(l));
 	if (self->store->changed_by_others())
 		handle_external_change(*self->ctx);
+	std::string s = self->render_stats();
+	std::lock_guard<std::mutex> lock(self->snapshot_mu);
+	self->snapshot.swap(s);
 }
 
 void Server::Impl::on_lws_tick(lws_sorted_usec_list_t *sul) noexcept
@@ -1425,5 +1433,11 @@ int Server::run()
 void Server::request_stop() { ev_async_send(impl_->loop, &impl_->async_stop); }
 void Server::request_reload() { ev_async_send(impl_->loop, &impl_->async_reload); }
 int Server::port() const { return impl_->bound_port; }
+
+std::string Server::stats_json() const
+{
+	std::lock_guard<std::mutex> lock(impl_->snapshot_mu);
+	return impl_->snapshot;
+}
 
 } // namespace qc

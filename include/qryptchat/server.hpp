@@ -39,6 +39,8 @@ public:
 	void request_reload();
 	// The bound port (useful with port 0).
 	int port() const;
+	// The /stats JSON as of at most a second ago.  Safe from any thread.
+	std::string stats_json() const;
 
 private:
 	Server();

@@ -102,7 +102,7 @@ std::pair<int, std::string> health(const ServerProcess &s)
 	return {r.status, jstr(http_json(r).get(), "status")};
 }
 
-// The store probes a degraded database at most once a second, when asked:
+// The store probes a degraded database once a second (and when asked):
 // polls /health (10 s at most) until it reports `want`.
 void wait_health(const ServerProcess &s, int want_code, const std::string &want)
 {

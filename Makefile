@@ -4,6 +4,7 @@
 #   make test                 unit and integration tests (what CI runs)
 #   make run                  start a development server and print tokens
 #   make install              PREFIX=/usr/local, DESTDIR for staging
+#   make dist                 build/qryptchatd-VERSION.tar.gz from git HEAD
 #   make SANITIZE=address,undefined test
 #   make fuzz                 run each libFuzzer target FUZZ_SECONDS (60) s
 #   make bench                build the benchmark tools (bench/README.md)
@@ -73,7 +74,9 @@ SUPPORT_OBJS := $(patsubst %.cpp,$(BUILD)/%.o,$(filter-out tests/support/selftes
 INTEG_SRCS := $(wildcard tests/integration/test_*.cpp)
 INTEG_BINS := $(INTEG_SRCS:tests/integration/%.cpp=$(BUILD)/tests/integration/%)
 
-VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.0)
+# A release tarball (make dist) carries its version in VERSION.
+VERSION := $(shell cat VERSION 2>/dev/null || git describe --tags --always --dirty 2>/dev/null || \
+	echo 0.1.0)
 
 BENCH_BINS := $(BUILD)/bench/qryptchat-bench $(BUILD)/bench/loop-cost
 
@@ -90,12 +93,12 @@ REPLAY_BINS := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz/replay_%)
 FUZZ_BINS := $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 
 .PHONY: all test unit integration run install uninstall clean lint help bench bench-peers \
-	fuzz fuzzers FORCE
+	fuzz fuzzers dist FORCE
 
 all: $(BUILD)/qryptchatd $(BUILD)/libqryptchat.a
 
 help:
-	@sed -n '3,13p' Makefile
+	@sed -n '3,14p' Makefile
 
 $(BUILD)/qryptchatd: $(MAIN_OBJ) $(BUILD)/libqryptchat.a
 	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS)
@@ -161,8 +164,9 @@ TEST_ENV = SANITIZER_REPORTS=$(BUILD)/sanitizer-reports \
 endif
 
 test: all $(UNIT_BINS) $(REPLAY_BINS) $(INTEG_BINS) $(FAULTFS) $(EXAMPLE_BINS) lint
-	@QRYPTCHATD=$(BUILD)/qryptchatd $(TEST_ENV) scripts/run-tests $(UNIT_BINS) $(REPLAY_BINS) \
-		$(INTEG_BINS) $(EXAMPLE_BINS)
+	@QRYPTCHATD=$(BUILD)/qryptchatd QC_MAKE_FLAGS="SANITIZE=$(SANITIZE)" $(TEST_ENV) \
+		scripts/run-tests $(UNIT_BINS) $(REPLAY_BINS) $(INTEG_BINS) $(EXAMPLE_BINS) \
+		scripts/test-install
 
 unit: $(UNIT_BINS) $(REPLAY_BINS)
 	@$(TEST_ENV) scripts/run-tests $(UNIT_BINS) $(REPLAY_BINS)
@@ -226,6 +230,16 @@ uninstall:
 		$(DESTDIR)$(MANDIR)/man5/qryptchatd.conf.5 $(DESTDIR)$(UNITDIR)/qryptchatd.service
 	rm -rf $(DESTDIR)$(DATADIR)/qryptchatd/web
 	-rmdir $(DESTDIR)$(DATADIR)/qryptchatd 2>/dev/null
+
+# A source tarball of HEAD, named and stamped with the version.
+dist:
+	@mkdir -p build/dist/qryptchatd-$(VERSION)
+	git archive --format=tar --prefix=qryptchatd-$(VERSION)/ -o build/qryptchatd-$(VERSION).tar HEAD
+	echo $(VERSION) > build/dist/qryptchatd-$(VERSION)/VERSION
+	tar --append -f build/qryptchatd-$(VERSION).tar -C build/dist qryptchatd-$(VERSION)/VERSION
+	gzip -9f build/qryptchatd-$(VERSION).tar
+	@rm -rf build/dist
+	@echo "built build/qryptchatd-$(VERSION).tar.gz"
 
 clean:
 	rm -rf build

@@ -1,8 +1,11 @@
 #include "qryptchat/auth.hpp"
 
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include <cmath>
 
@@ -146,6 +149,38 @@ std::string sign_jwt_hs256(std::string_view claims_json, std::string_view secret
 	if (!hmac_sha256(secret, input, mac))
 		return "";
 	return input + "." + base64url_encode(std::string_view(reinterpret_cast<char *>(mac), 32));
+}
+
+std::string tls_pair_check(const std::string &cert_pem, const std::string &key_pem)
+{
+	struct BioFree {
+		void operator()(BIO *b) const noexcept { BIO_free(b); }
+	};
+	struct X509Free {
+		void operator()(X509 *x) const noexcept { X509_free(x); }
+	};
+	struct KeyFree {
+		void operator()(EVP_PKEY *k) const noexcept { EVP_PKEY_free(k); }
+	};
+	std::unique_ptr<BIO, BioFree> cb(BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size())));
+	std::unique_ptr<BIO, BioFree> kb(BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size())));
+	if (!cb || !kb)
+		return "out of memory";
+	std::unique_ptr<X509, X509Free> cert(PEM_read_bio_X509(cb.get(), nullptr, nullptr, nullptr));
+	if (!cert) {
+		ERR_clear_error();
+		return "the certificate is not a PEM certificate";
+	}
+	std::unique_ptr<EVP_PKEY, KeyFree> key(PEM_read_bio_PrivateKey(kb.get(), nullptr, nullptr, nullptr));
+	if (!key) {
+		ERR_clear_error();
+		return "the key is not an unencrypted PEM private key";
+	}
+	if (X509_check_private_key(cert.get(), key.get()) != 1) {
+		ERR_clear_error();
+		return "the key does not belong to the certificate";
+	}
+	return "";
 }
 
 } // namespace qc

@@ -42,6 +42,12 @@ const std::vector<Directive> kTable = {
 	{"web_root", DirType::Path, QC_DEFAULT_WEB_ROOT, 0, 0, nullptr, false,
 	 "Directory of the web client served at /; empty serves none.",
 	 &Config::web_root},
+	{"tls_cert", DirType::Path, "", 0, 0, nullptr, false,
+	 "PEM certificate chain: serve https:// and wss:// on the listening port; empty serves plain HTTP. Re-read on SIGHUP.",
+	 &Config::tls_cert},
+	{"tls_key", DirType::Path, "", 0, 0, nullptr, false,
+	 "PEM private key of tls_cert. Re-read on SIGHUP.",
+	 &Config::tls_key},
 	// storage
 	{"database", DirType::Path, "/var/lib/qryptchatd/qryptchatd.db", 0, 0, nullptr, false,
 	 "Path of the SQLite database (created if absent).",
@@ -472,6 +478,9 @@ std::optional<ConfigError> config_validate(const Config &cfg)
 					   format_duration_ms(cfg.ping_interval_ms) + ")"};
 	if (cfg.database.empty())
 		return ConfigError{where, "database", "must not be empty"};
+	if (cfg.tls_cert.empty() != cfg.tls_key.empty())
+		return ConfigError{where, cfg.tls_cert.empty() ? "tls_cert" : "tls_key",
+				   "tls_cert and tls_key go together"};
 	return std::nullopt;
 }
 

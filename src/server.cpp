@@ -170,6 +170,11 @@ struct Server::Impl final : public Host, public DeliverySink {
 	Status init();
 	Status open_listener();
 	Status create_context();
+	// TLS (tls_cert, tls_key): the paths lws was given, fixed until a
+	// restart; their files are read again on SIGHUP.
+	std::string tls_cert, tls_key;
+	Status check_tls_files();
+	void reload_tls();
 	void apply_runtime_config();
 
 	// Host and DeliverySink
@@ -375,6 +380,8 @@ Status Server::Impl::create_context()
 	info.max_http_header_data = 16384;
 	info.timeout_secs = 10;
 	info.server_string = "qryptchatd";
+	if (!tls_cert.empty())
+		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
 	lws_ctx = lws_create_context(&info);
 	if (!lws_ctx)
 		return make_error(Err::ServerError,
@@ -391,10 +398,55 @@ Status Server::Impl::create_context()
 	vi.keepalive_timeout = 5;
 	if (cfg.permessage_deflate)
 		vi.extensions = extensions;
+	if (!tls_cert.empty()) {
+		vi.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT; // lws reads it per vhost too
+		vi.ssl_cert_filepath = tls_cert.c_str();
+		vi.ssl_private_key_filepath = tls_key.c_str();
+	}
 	vhost = lws_create_vhost(lws_ctx, &vi);
 	if (!vhost)
 		return make_error(Err::ServerError, "cannot create the libwebsockets vhost");
 	return ok_status();
+}
+
+Status Server::Impl::check_tls_files()
+{
+	if (tls_cert.empty())
+		return ok_status();
+	auto slurp = [](const std::string &path, std::string &out) {
+		FILE *f = fopen(path.c_str(), "rb");
+		if (!f)
+			return std::string(strerror(errno));
+		char buf[4096];
+		size_t n;
+		out.clear();
+		while ((n = fread(buf, 1, sizeof buf, f)) > 0 && out.size() < (1u << 20))
+			out.append(buf, n);
+		fclose(f);
+		return std::string();
+	};
+	std::string cert, key;
+	if (std::string e = slurp(tls_cert, cert); !e.empty())
+		return make_error(Err::ServerError, "tls_cert " + tls_cert + ": " + e);
+	if (std::string e = slurp(tls_key, key); !e.empty())
+		return make_error(Err::ServerError, "tls_key " + tls_key + ": " + e);
+	if (std::string e = tls_pair_check(cert, key); !e.empty())
+		return make_error(Err::ServerError, "tls_cert " + tls_cert + ", tls_key " + tls_key + ": " + e);
+	return ok_status();
+}
+
+// New handshakes use the files' current certificate; open connections keep
+// the session they have.
+void Server::Impl::reload_tls()
+{
+	if (tls_cert.empty())
+		return;
+	if (auto st = check_tls_files(); !st) {
+		QC_ERR("tls_reload_failed reason=%s", log_str(st.error().message).c_str());
+		return;
+	}
+	lws_tls_cert_updated(lws_ctx, tls_cert.c_str(), tls_key.c_str(), nullptr, 0, nullptr, 0);
+	QC_INFO("tls_reloaded cert=%s", log_str(tls_cert).c_str());
 }
 
 Status Server::Impl::init()
@@ -429,6 +481,10 @@ Status Server::Impl::init()
 		return make_error(Err::ServerError, "cannot create an epoll event loop");
 	ev_set_userdata(loop, this);
 
+	tls_cert = cfg.tls_cert;
+	tls_key = cfg.tls_key;
+	if (auto s = check_tls_files(); !s)
+		return s;
 	if (auto s = open_listener(); !s)
 		return s;
 	if (auto s = create_context(); !s)
@@ -487,8 +543,13 @@ void Server::Impl::on_accept(struct ev_loop *l, ev_io *w, int) noexcept
 		}
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-		if (!lws_adopt_socket_vhost(self->vhost, fd))
-			::close(fd);
+		// On failure lws closes the socket itself.
+		lws_sock_file_fd_type desc;
+		desc.sockfd = fd;
+		lws_adopt_descriptor_vhost(self->vhost,
+					   static_cast<lws_adoption_type>(LWS_ADOPT_SOCKET | LWS_ADOPT_HTTP |
+									  LWS_ADOPT_ALLOW_SSL),
+					   desc, nullptr, nullptr);
 	}
 }
 
@@ -1351,6 +1412,7 @@ void Server::Impl::reload()
 	cfg = next;
 	setup.secret = secret;
 	apply_runtime_config();
+	reload_tls();
 	QC_INFO("reloaded changed=%zu restart_needed=%zu secret_changed=%s", diff.applied.size(),
 		diff.need_restart.size(), secret_changed ? "yes" : "no");
 }
@@ -1415,9 +1477,9 @@ Result<std::unique_ptr<Server>> Server::create(ServerSetup setup)
 int Server::run()
 {
 	Impl &m = *impl_;
-	QC_INFO("listening address=%s port=%d database=%s web_root=%s loop=libev backend=epoll",
-		m.cfg.listen_host.c_str(), m.bound_port, log_str(m.cfg.database).c_str(),
-		log_str(m.web_root).c_str());
+	QC_INFO("listening address=%s port=%d tls=%s database=%s web_root=%s loop=libev backend=epoll",
+		m.cfg.listen_host.c_str(), m.bound_port, m.tls_cert.empty() ? "no" : "yes",
+		log_str(m.cfg.database).c_str(), log_str(m.web_root).c_str());
 	if (!m.setup.ready_file.empty() && !write_ready_file(m.setup.ready_file, m.bound_port)) {
 		QC_ERR("ready_file path=%s error=%s", log_str(m.setup.ready_file).c_str(),
 		       strerror(errno));

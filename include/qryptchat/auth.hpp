@@ -50,6 +50,11 @@ struct Claims {
 // each with a short message that never repeats the token.
 Result<Claims> verify_jwt(std::string_view token, const AuthParams &params, int64_t now_s);
 
+// Checks that a PEM certificate chain and a PEM private key (file
+// contents) parse and belong together: "" when they do, else why not.
+// For TLS, before the server hands them to libwebsockets.
+std::string tls_pair_check(const std::string &cert_pem, const std::string &key_pem);
+
 // Signs claims (a JSON object's text) as an HS256 JWT; for the `token`
 // subcommand.
 std::string sign_jwt_hs256(std::string_view claims_json, std::string_view secret);

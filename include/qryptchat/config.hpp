@@ -29,6 +29,8 @@ struct Config {
 	std::vector<std::string> allowed_origins; // empty: any Origin
 	bool permessage_deflate = false;    // negotiate RFC 7692 compression
 	std::string web_root;               // directory served at / ("" = none)
+	std::string tls_cert;               // PEM certificate chain: serve https/wss ("" = plain)
+	std::string tls_key;                // PEM private key of tls_cert
 
 	// storage
 	std::string database;               // SQLite file path

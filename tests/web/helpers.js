@@ -98,20 +98,29 @@ export async function startServer({ dir, port = 0, config = {} } = {}) {
 		})
 	);
 	const logTail = () => readFileSync(join(dir, 'stderr.log'), 'utf8').slice(-4000);
-	const text = await waitFor(
-		() => {
-			if (status !== null)
-				throw new Error(`qryptchatd exited (${status}) before it was ready:\n${logTail()}`);
-			try {
-				const t = readFileSync(ready, 'utf8');
-				return t.endsWith('\n') && t;
-			} catch {
-				return null;
-			}
-		},
-		'the ready file',
-		10000
-	);
+	let text;
+	try {
+		text = await waitFor(
+			() => {
+				if (status !== null) throw new Error(`exited (${status}) before it was ready`);
+				try {
+					const t = readFileSync(ready, 'utf8');
+					return t.endsWith('\n') && t;
+				} catch {
+					return null;
+				}
+			},
+			'the ready file',
+			10000
+		);
+	} catch (e) {
+		// The error quotes the log; nothing of this server is left behind.
+		const log = logTail();
+		child.kill('SIGKILL');
+		await exited;
+		if (own) rmSync(dir, { recursive: true, force: true });
+		throw new Error(`qryptchatd ${e.message}; stderr:\n${log}`);
+	}
 	const boundPort = Number(text.trim());
 	return {
 		dir,

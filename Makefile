@@ -93,7 +93,7 @@ REPLAY_BINS := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz/replay_%)
 FUZZ_BINS := $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 
 .PHONY: all test unit integration run install uninstall clean lint help bench bench-peers \
-	fuzz fuzzers dist FORCE
+	fuzz fuzzers dist test-web FORCE
 
 all: $(BUILD)/qryptchatd $(BUILD)/libqryptchat.a
 
@@ -166,10 +166,14 @@ endif
 test: all $(UNIT_BINS) $(REPLAY_BINS) $(INTEG_BINS) $(FAULTFS) $(EXAMPLE_BINS) lint
 	@QRYPTCHATD=$(BUILD)/qryptchatd QC_MAKE_FLAGS="SANITIZE=$(SANITIZE)" $(TEST_ENV) \
 		scripts/run-tests $(UNIT_BINS) $(REPLAY_BINS) $(INTEG_BINS) $(EXAMPLE_BINS) \
-		scripts/test-install
+		scripts/test-install scripts/test-web
 
 unit: $(UNIT_BINS) $(REPLAY_BINS)
 	@$(TEST_ENV) scripts/run-tests $(UNIT_BINS) $(REPLAY_BINS)
+
+# The browser library's tests (Node's test runner against the real server).
+test-web: all
+	@QRYPTCHATD=$(BUILD)/qryptchatd scripts/test-web
 
 # Fuzzing: scripts/run-fuzz says what it found and where.
 fuzz:

@@ -27,6 +27,7 @@ const el = {
 	accountName: $('account-name'),
 	accountId: $('account-id'),
 	signOut: $('sign-out'),
+	copyId: $('copy-id'),
 	signIn: $('sign-in'),
 	signInForm: $('sign-in-form'),
 	tokenInput: $('token-input'),
@@ -40,6 +41,7 @@ const el = {
 	title: $('conversation-title'),
 	sub: $('conversation-sub'),
 	noConversation: $('no-conversation'),
+	jump: $('jump'),
 	scroller: $('message-scroller'),
 	historyState: $('history-state'),
 	messageList: $('message-list'),
@@ -79,6 +81,7 @@ const firstLoad = new Set(); // conversations whose newest page is on its way
 const loadingOlder = new Set();
 const olderFailed = new Set();
 let typingIn = null; // the conversation we told we are typing in
+let signInBusy = false; // the first connection attempt is under way
 let sending = false;
 let readTimer = null;
 
@@ -116,7 +119,8 @@ function isDirect(c) {
 
 function initials(text) {
 	const words = String(text).trim().split(/\s+/).filter(Boolean);
-	const letters = words.length > 1 ? words[0][0] + words[1][0] : (words[0] ?? '?').slice(0, 2);
+	const first = (w) => [...w][0] ?? '';
+	const letters = words.length > 1 ? first(words[0]) + first(words[1]) : first(words[0] ?? '?');
 	return letters.toUpperCase();
 }
 
@@ -216,17 +220,19 @@ function signIn(newToken) {
 	tokenExp = tokenExpiry(token);
 	phase = 'connecting';
 	el.signInError.textContent = '';
-	el.signInButton.disabled = true;
+	signInBusy = true;
 	render();
 	wsChat.connect(token).then(
 		() => {}, // the subscription sees `authenticated`
 		(e) => {
+			signInBusy = false;
 			if (phase === 'signed-out') return;
 			if (TOKEN_CODES.has(e.code)) {
 				failSignIn(tokenError(e.code, e.message));
-			} else if (e.code !== 'DISCONNECTED' || phase === 'connecting') {
-				// The client keeps trying in the background.
-				phase = wasAuthenticated ? 'reconnecting' : 'connecting';
+			} else if (phase === 'connecting' && !wasAuthenticated) {
+				// The client keeps trying in the background; signing in
+				// again starts afresh.
+				showSignInError('Cannot reach the server. Still trying; check your connection or the address.');
 				render();
 			}
 		}
@@ -244,7 +250,6 @@ function failSignIn(message) {
 
 function showSignInError(message) {
 	el.signInError.textContent = message;
-	el.signInButton.disabled = false;
 }
 
 function forgetSession() {
@@ -275,8 +280,8 @@ function signOut() {
 	wsChat.disconnect();
 	forgetSession();
 	phase = 'signed-out';
+	signInBusy = false;
 	el.signInError.textContent = '';
-	el.signInButton.disabled = false;
 	el.tokenInput.value = '';
 	render();
 	el.tokenInput.focus();
@@ -291,7 +296,8 @@ async function onAuthenticated() {
 	} catch {
 		// a reload will ask again
 	}
-	el.signInButton.disabled = false;
+	signInBusy = false;
+	el.signInError.textContent = '';
 	el.tokenInput.value = '';
 	if (first) {
 		el.chat.dataset.pane = 'list';
@@ -353,6 +359,7 @@ function selectConversation(id, { focus = true } = {}) {
 	messageNodes.clear();
 	el.messageList.replaceChildren();
 	stick = true;
+	newBelow = false;
 	render();
 	join(id);
 	loadNewest(id);
@@ -421,6 +428,7 @@ function noteNewMessages() {
 		if (!fresh.length) continue;
 		const c = findConversation(id);
 		const where = c ? conversationName(c) : 'a conversation';
+		if (id === selectedId && !stick) newBelow = true;
 		if (id === selectedId && !document.hidden) {
 			if (loaded.has(id)) markRead(id);
 			if (fresh.length === 1) {
@@ -464,8 +472,8 @@ function render() {
 		el.accountName.textContent = displayName(state.user);
 		el.accountId.textContent = state.user.id;
 	}
-	el.signInButton.disabled = phase === 'connecting';
-	el.signInButton.textContent = phase === 'connecting' ? 'Signing in…' : 'Sign in';
+	el.signInButton.disabled = signInBusy;
+	el.signInButton.textContent = signInBusy ? 'Signing in…' : 'Sign in';
 	if (!signedIn) return;
 	renderConversationList();
 	renderConversation();
@@ -542,7 +550,8 @@ function fillConversationItem(li, c, id) {
 	const isOnline = other ? online.includes(other.id) : online.some((u) => u !== state.user?.id);
 	const last = c.latest_message_content;
 	const lastSender = c.latest_message_sender_id === state.user?.id ? 'You: ' : '';
-	const key = JSON.stringify([name, count, isOnline, last, lastSender, c.latest_message_created_at, id === selectedId]);
+	const known = state.authenticated; // presence is unknown while disconnected
+	const key = JSON.stringify([name, count, known && isOnline, known, last, lastSender, c.latest_message_created_at, id === selectedId]);
 	if (button.dataset.key === key) return;
 	button.dataset.key = key;
 	if (id === selectedId) button.setAttribute('aria-current', 'true');
@@ -575,14 +584,16 @@ function fillConversationItem(li, c, id) {
 	text.append(top, bottom);
 	// One accessible name for the whole button, instead of its pieces.
 	const parts = [name];
-	if (other || !isDirect(c)) parts.push(isOnline ? (other ? 'online' : 'someone online') : other ? 'offline' : '');
+	if (known && (other || !isDirect(c)))
+		parts.push(isOnline ? (other ? 'online' : 'someone online') : other ? 'offline' : '');
 	if (count > 0) parts.push(`${count} unread ${count === 1 ? 'message' : 'messages'}`);
 	button.setAttribute('aria-label', parts.filter(Boolean).join(', '));
-	button.replaceChildren(avatar(name, id, isOnline), text);
+	button.replaceChildren(avatar(name, id, known ? isOnline : undefined), text);
 }
 
 const messageNodes = new Map(); // message id -> li
 let stick = true; // follow the newest message
+let newBelow = false; // messages came in below while scrolled up
 
 function renderConversation() {
 	const c = selectedId ? findConversation(selectedId) : null;
@@ -591,6 +602,7 @@ function renderConversation() {
 	el.composer.hidden = !c;
 	el.back.hidden = false;
 	if (!c) {
+		el.jump.hidden = true;
 		el.title.textContent = 'No conversation selected';
 		el.title.removeAttribute('tabindex');
 		el.sub.textContent = '';
@@ -607,31 +619,41 @@ function renderConversation() {
 }
 
 function subtitle(c) {
+	// Presence is known only while connected.
+	const known = state.authenticated;
 	const online = onlineIn(conversationIdOf(c));
 	const nodes = [];
+	const muted = (text) => {
+		const span = document.createElement('span');
+		span.className = 'muted';
+		span.textContent = text;
+		return span;
+	};
 	if (isDirect(c)) {
 		const other = otherParticipant(c);
-		const on = other && online.includes(other.id);
-		const dot = document.createElement('span');
-		dot.className = on ? 'presence-inline online' : 'presence-inline';
-		dot.setAttribute('aria-hidden', 'true');
-		nodes.push(dot, document.createTextNode(on ? 'Online' : 'Offline'));
-		if (other) {
-			const id = document.createElement('span');
-			id.className = 'muted';
-			id.textContent = ` · ${other.username ? '@' + other.username : other.id}`;
-			nodes.push(id);
+		const handle = other ? (other.username ? `@${other.username}` : other.id) : '';
+		if (known) {
+			const on = other && online.includes(other.id);
+			const dot = document.createElement('span');
+			dot.className = on ? 'presence-inline online' : 'presence-inline';
+			dot.setAttribute('aria-hidden', 'true');
+			nodes.push(dot, document.createTextNode(on ? 'Online' : 'Offline'));
+			if (handle) nodes.push(muted(` · ${handle}`));
+		} else if (handle) {
+			nodes.push(muted(handle));
 		}
 	} else {
 		const members = c.participants ?? [];
 		const count = c.participant_count ?? members.length;
-		const here = members.filter((p) => online.includes(p.id));
-		nodes.push(document.createTextNode(`${count} members · ${here.length} online`));
-		if (here.length) {
-			const who = document.createElement('span');
-			who.className = 'muted';
-			who.textContent = `: ${here.map((p) => (p.id === state.user?.id ? 'you' : displayName(p))).join(', ')}`;
-			nodes.push(who);
+		if (!known) {
+			nodes.push(document.createTextNode(`${count} members`));
+		} else {
+			const here = members.filter((p) => online.includes(p.id));
+			nodes.push(document.createTextNode(`${count} members · ${here.length} online`));
+			if (here.length) {
+				const names = here.map((p) => (p.id === state.user?.id ? 'you' : displayName(p)));
+				nodes.push(muted(`: ${names.join(', ')}`));
+			}
 		}
 	}
 	return nodes;
@@ -691,6 +713,8 @@ function renderMessages() {
 		}
 	}
 	renderHistoryState(list);
+	if (stick) newBelow = false;
+	el.jump.hidden = !newBelow;
 	if (stick) s.scrollTop = s.scrollHeight;
 	else if (anchor?.isConnected) s.scrollTop += anchor.getBoundingClientRect().top - anchorTop;
 }
@@ -785,6 +809,10 @@ el.scroller.addEventListener(
 	() => {
 		const s = el.scroller;
 		stick = s.scrollHeight - s.scrollTop - s.clientHeight < NEAR_BOTTOM_PX;
+		if (stick && newBelow) {
+			newBelow = false;
+			el.jump.hidden = true;
+		}
 		if (s.scrollTop < NEAR_TOP_PX) loadOlder();
 	},
 	{ passive: true }
@@ -911,6 +939,30 @@ el.conversationList.addEventListener('click', (ev) => {
 });
 
 el.back.addEventListener('click', showList);
+
+el.jump.addEventListener('click', () => {
+	stick = true;
+	newBelow = false;
+	el.jump.hidden = true;
+	el.scroller.scrollTop = el.scroller.scrollHeight;
+	el.input.focus();
+});
+
+el.copyId.addEventListener('click', async () => {
+	try {
+		await navigator.clipboard.writeText(state.user?.id ?? '');
+		el.copyId.textContent = 'Copied';
+		announce('Your user id was copied');
+	} catch {
+		// No clipboard (an insecure context): select it for Ctrl+C instead.
+		const range = document.createRange();
+		range.selectNodeContents(el.accountId);
+		getSelection().removeAllRanges();
+		getSelection().addRange(range);
+		el.copyId.textContent = 'Selected';
+	}
+	setTimeout(() => (el.copyId.textContent = 'Copy'), 2000);
+});
 el.signOut.addEventListener('click', signOut);
 
 el.signInForm.addEventListener('submit', (ev) => {

@@ -127,3 +127,20 @@ test('an expired token, garbage, and an empty field each say what is wrong', asy
 	assertNoProblems(page);
 	await page.context().close();
 });
+
+test('while the server cannot be reached, the page says so and signs in once it can', async () => {
+	const page = await openPage(browser);
+	await page.goto(server.origin);
+	await page.locator('#sign-in-form').waitFor();
+	const port = server.port;
+	await server.stop();
+	await page.getByLabel('Access token').fill(server.token('alice', { username: 'alice', name: 'Alice' }));
+	await page.getByRole('button', { name: 'Sign in' }).click();
+	await page.locator('#sign-in-error', { hasText: 'Cannot reach the server' }).waitFor();
+	await page.locator('#connection[data-state="connecting"]', { hasText: 'Cannot reach the server' }).waitFor();
+	await server.start(port);
+	await waitConnected(page, 45000);
+	assert.equal(await page.locator('#account-name').textContent(), 'Alice');
+	assertNoProblems(page);
+	await page.context().close();
+});

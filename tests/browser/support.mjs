@@ -169,6 +169,7 @@ export const PHONE = { viewport: { width: 390, height: 844 }, deviceScaleFactor:
  */
 export async function openPage(browser, options = {}) {
 	const context = await browser.newContext({ locale: 'en-US', timezoneId: 'UTC', ...DESKTOP, ...options });
+	context.setDefaultTimeout(15000);
 	const page = await context.newPage();
 	page.problems = [];
 	page.on('console', (m) => {
@@ -220,7 +221,7 @@ export function conversationButton(page, name) {
 export async function createConversation(page, { type = 'direct', ids, name }) {
 	await page.getByRole('button', { name: 'New', exact: true }).click();
 	const dialog = page.getByRole('dialog', { name: 'New conversation' });
-	await dialog.getByLabel(type === 'group' ? 'Group' : 'Direct (one other person)').check();
+	await dialog.getByRole('radio', { name: type === 'group' ? 'Group' : 'Direct (one other person)' }).check();
 	if (name) await dialog.getByLabel('Group name').fill(name);
 	await dialog.locator('#create-participants').fill(ids.join(', '));
 	await dialog.getByRole('button', { name: 'Create' }).click();
@@ -243,6 +244,26 @@ export function messageTexts(page) {
 export function shownMessages(page) {
 	return page.locator('#message-list .message').evaluateAll((els) =>
 		els.map((e) => ({ id: e.dataset.id, seq: Number(e.dataset.seq), text: e.querySelector('.body').textContent }))
+	);
+}
+
+/**
+ * Sends `count` messages to conversation `id` as the holder of `token`, from
+ * a second connection opened in `page` with the page's own client library.
+ */
+export async function seedMessages(page, token, id, count, prefix) {
+	await page.evaluate(
+		async ({ token, id, count, prefix }) => {
+			const { createChatClient } = await import('/qryptchat.js');
+			const client = createChatClient();
+			await client.connect(token);
+			for (let i = 1; i <= count; i++) {
+				const r = await client.sendMessage(id, `${prefix} ${i}`);
+				if (!r.success) throw new Error(`message ${i}: ${r.code} ${r.error}`);
+			}
+			client.disconnect();
+		},
+		{ token, id, count, prefix }
 	);
 }
 

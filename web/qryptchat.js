@@ -10,9 +10,10 @@
  *   const r = await wsChat.sendMessage(c.id, 'hello');  // {success, data | error}
  *   // Svelte: {#each $messages[c.id] ?? [] as m (m.id)} ... {/each}
  *
- * wsChat is the default client; createChatClient(options) makes more.  A
- * client is a Svelte store: subscribe(fn) calls fn at once and on every
- * change with the state, and returns the unsubscribe function.  The state:
+ * wsChat is the default client; createChatClient(options) makes more, with
+ * options url, WebSocket and the times of DEFAULTS.  A client is a Svelte
+ * store: subscribe(fn) calls fn at once and on every change with the state,
+ * and returns the unsubscribe function; getState() returns it.  The state:
  *
  *   connected           the socket is open
  *   authenticated       the server accepted the token; requests may be sent
@@ -36,8 +37,8 @@
  * their subscribers only when it changes.  State objects are never mutated:
  * a changed field is a new object.
  *
- * Requests resolve with the reply's payload, or reject with a ChatError
- * whose .code is the server's error code or one of NOT_CONNECTED, TIMEOUT
+ * Methods that send a request resolve as their JSDoc says, or reject with
+ * a ChatError whose .code is the server's error code or one of NOT_CONNECTED, TIMEOUT
  * (no reply within 30 s) and DISCONNECTED (the connection ended first).
  * sendMessage never rejects: it resolves {success: true, data: Message} or
  * {success: false, error, code}.
@@ -48,7 +49,8 @@
  * the conversations if they had been loaded, joins the conversations it had
  * joined, and fetches the messages it missed (load_messages with afterSeq).
  * It stops retrying when the server refuses the token or closes with 4001
- * (token expired): call connect() or authenticate() with a fresh one.
+ * (token expired): connect() again with a fresh one.  To renew a token
+ * before it expires, call authenticate() with the new one.
  *
  * Debug logging (never of tokens): localStorage['websocket-debug'] = 'true'.
  */
@@ -176,6 +178,11 @@ export function createChatClient(options = {}) {
 
 	// ---- the store ------------------------------------------------------
 
+	/**
+	 * The Svelte store contract: calls fn(state) now and after every change.
+	 * @param {(state: object) => void} fn
+	 * @returns {() => void} unsubscribe
+	 */
 	function subscribe(fn) {
 		const sub = { fn };
 		subscribers.add(sub);
@@ -219,6 +226,7 @@ export function createChatClient(options = {}) {
 		emit();
 	}
 
+	// A readable of one state field, calling fn only when the field changes.
 	function readable(field) {
 		return {
 			subscribe(fn) {
@@ -326,18 +334,20 @@ export function createChatClient(options = {}) {
 	function request(type, payload = {}, needAuth = true) {
 		return new Promise((resolve, reject) => {
 			const sock = ws;
-			if (!sock || sock.readyState !== OPEN || (needAuth && !state.authenticated)) {
+			const ready = sock?.readyState === OPEN && (state.authenticated || !needAuth);
+			if (!ready) {
 				reject(new ChatError('Not connected', 'NOT_CONNECTED'));
 				return;
 			}
 			const requestId = `${idPrefix}-${++lastId}`;
 			const timer = setTimeout(() => {
 				pending.delete(requestId);
-				reject(new ChatError(`No reply to ${type} within ${opt.requestTimeout} ms`, 'TIMEOUT'));
+				reject(new ChatError(`No reply to ${type} in time`, 'TIMEOUT'));
 			}, opt.requestTimeout);
 			pending.set(requestId, { resolve, reject, timer });
 			debug('->', type, requestId);
-			sock.send(JSON.stringify({ type, payload, requestId, timestamp: new Date().toISOString() }));
+			const timestamp = new Date().toISOString();
+			sock.send(JSON.stringify({ type, payload, requestId, timestamp }));
 		});
 	}
 
@@ -369,16 +379,16 @@ export function createChatClient(options = {}) {
 		if (req) {
 			pending.delete(id);
 			clearTimeout(req.timer);
-			if (msg.type === 'error')
-				req.reject(new ChatError(payload.error || 'Request failed', payload.code || 'SERVER_ERROR'));
-			else req.resolve(payload);
+			if (msg.type !== 'error') req.resolve(payload);
+			else req.reject(new ChatError(payload.error || 'Failed', payload.code || 'SERVER_ERROR'));
 		} else if (pushes[msg.type]) {
 			pushes[msg.type](payload);
 		}
 	}
 
 	const pushes = {
-		message_received: (p) => p.message && addMessages(p.message.conversation_id, [p.message], { live: true }),
+		message_received: (p) =>
+			p.message && addMessages(p.message.conversation_id, [p.message], { live: true }),
 		typing_update: (p) => othersTypingUpdate(p.conversationId, p.userId, p.username, p.isTyping),
 		user_online: (p) => setOnline(p.conversationId, p.userId, true),
 		user_offline: (p) => setOnline(p.conversationId, p.userId, false),
@@ -428,7 +438,8 @@ export function createChatClient(options = {}) {
 		const list = state.conversations;
 		const i = list.findIndex((c) => conversationId(c) === m.conversation_id);
 		const c = list[i];
-		if (!c || (c.latest_message_created_at && m.created_at < c.latest_message_created_at)) return;
+		const newest = c?.latest_message_created_at;
+		if (!c || (newest && m.created_at < newest)) return;
 		const updated = {
 			...c,
 			latest_message_id: m.id,
@@ -530,8 +541,8 @@ export function createChatClient(options = {}) {
 		disconnect();
 		WS = how.WebSocket ?? opt.WebSocket ?? globalThis.WebSocket;
 		urlSource = how.url ?? opt.url ?? defaultUrl();
-		if (!WS) return Promise.reject(new ChatError('No WebSocket implementation', 'NOT_CONNECTED'));
-		if (!urlSource) return Promise.reject(new ChatError('No url to connect to', 'NOT_CONNECTED'));
+		const missing = !WS ? 'a WebSocket implementation' : !urlSource ? 'a url' : null;
+		if (missing) return Promise.reject(new ChatError(`No ${missing}`, 'NOT_CONNECTED'));
 		token = newToken;
 		wanted = true;
 		session++;
@@ -595,7 +606,9 @@ export function createChatClient(options = {}) {
 		return guarded(async () => {
 			const reply = await request('load_conversations');
 			conversationsLoaded = true;
-			setState({ conversations: Array.isArray(reply.conversations) ? reply.conversations : [] });
+			setState({
+				conversations: Array.isArray(reply.conversations) ? reply.conversations : []
+			});
 			return state.conversations;
 		}, true);
 	}
@@ -646,8 +659,12 @@ export function createChatClient(options = {}) {
 	 * @param {{limit?: number, beforeMessageId?: string}} [page]
 	 * @returns {Promise<{conversationId: string, messages: object[], hasMore: boolean}>}
 	 */
-	function loadMessages(id, { limit, beforeMessageId } = {}) {
-		return guarded(() => load('load_messages', id, { limit, beforeMessageId }, !beforeMessageId), true);
+	function loadMessages(id, page) {
+		const { limit, beforeMessageId } = page ?? {};
+		return guarded(
+			() => load('load_messages', id, { limit, beforeMessageId }, !beforeMessageId),
+			true
+		);
 	}
 
 	/**
@@ -658,10 +675,16 @@ export function createChatClient(options = {}) {
 	 * @returns {Promise<{conversationId: string, messages: object[], hasMore: boolean}>}
 	 *   hasMore: whether still older messages exist
 	 */
-	function loadMoreMessages(id, { limit } = {}) {
+	function loadMoreMessages(id, page) {
+		const limit = page?.limit;
 		const oldest = state.messages[id]?.[0];
 		if (!oldest) return loadMessages(id, { limit });
-		if (oldest.seq === 1) return Promise.resolve({ conversationId: id, messages: [], hasMore: false });
+		if (oldest.seq === 1)
+			return Promise.resolve({
+				conversationId: id,
+				messages: [],
+				hasMore: false
+			});
 		return guarded(
 			() => load('load_more_messages', id, { limit, beforeMessageId: oldest.id }, false),
 			true

@@ -362,6 +362,7 @@ function selectConversation(id, { focus = true } = {}) {
 	newBelow = false;
 	render();
 	join(id);
+	if (loaded.has(id)) markRead(id);
 	loadNewest(id);
 	if (focus) {
 		if (narrowScreen.matches) el.title.focus();
@@ -414,6 +415,13 @@ function markRead(id) {
 
 // ---- messages arriving ---------------------------------------------------
 
+// Whether the conversation is in view: selected, and not behind the list
+// on a phone-sized screen.  (A hidden tab still counts as seen for the
+// unread counts, but new messages are announced.)
+function showing(id) {
+	return id === selectedId && !document.hidden && !(narrowScreen.matches && el.chat.dataset.pane === 'list');
+}
+
 // Counts and announces the messages that are new since the last render.
 function noteNewMessages() {
 	const all = state.messages;
@@ -429,7 +437,7 @@ function noteNewMessages() {
 		const c = findConversation(id);
 		const where = c ? conversationName(c) : 'a conversation';
 		if (id === selectedId && !stick) newBelow = true;
-		if (id === selectedId && !document.hidden) {
+		if (showing(id)) {
 			if (loaded.has(id)) markRead(id);
 			if (fresh.length === 1) {
 				const m = fresh[0];
@@ -437,8 +445,8 @@ function noteNewMessages() {
 			} else {
 				announce(`${fresh.length} new messages`);
 			}
-		} else if (id !== selectedId || document.hidden) {
-			if (id !== selectedId) unread.set(id, (unread.get(id) ?? 0) + fresh.length);
+		} else {
+			if (!(id === selectedId && document.hidden)) unread.set(id, (unread.get(id) ?? 0) + fresh.length);
 			announce(
 				fresh.length === 1
 					? `New message from ${displayName(fresh[0].sender)} in ${where}`
@@ -544,7 +552,7 @@ function buildConversationItem(id) {
 function fillConversationItem(li, c, id) {
 	const button = li.firstElementChild;
 	const name = conversationName(c);
-	const count = id === selectedId ? 0 : (unread.get(id) ?? c.unread_count ?? 0);
+	const count = id === selectedId && el.chat.dataset.pane !== 'list' ? 0 : (unread.get(id) ?? c.unread_count ?? 0);
 	const online = onlineIn(id);
 	const other = isDirect(c) ? otherParticipant(c) : null;
 	const isOnline = other ? online.includes(other.id) : online.some((u) => u !== state.user?.id);

@@ -15,8 +15,41 @@ import {
 	sendMessage,
 	messageTexts,
 	shownMessages,
+	contrastRatios,
 	PHONE
 } from './support.mjs';
+
+// The texts whose contrast is checked (WCAG AA: 4.5:1).
+const TEXTS = [
+	'.brand',
+	'#connection-text',
+	'.account-name',
+	'.sidebar-head h2',
+	'.conversation-name',
+	'.conversation-preview',
+	'.conversation-time',
+	'.badge',
+	'#conversation-title',
+	'#conversation-sub',
+	'.history-state',
+	'.day span',
+	'.message:not(.own) .sender',
+	'.message:not(.own) .body',
+	'.message:not(.own) time',
+	'.message.own .body',
+	'.message.own time',
+	'#typing',
+	'#send',
+	'#new-conversation',
+	'#sign-out',
+	'.sidebar-foot .my-id'
+];
+
+async function assertContrast(page) {
+	const ratios = await contrastRatios(page, TEXTS);
+	const low = Object.entries(ratios).filter(([, r]) => r !== null && r < 4.5);
+	assert.deepEqual(low, [], `text below 4.5:1 contrast: ${JSON.stringify(low)}`);
+}
 
 let server;
 let browser;
@@ -96,6 +129,9 @@ test('two users create a conversation and exchange messages', async () => {
 	await sendMessage(bob, 'Hi Alice, good to see you here.');
 	await sendMessage(bob, 'Multi-line\nmessages keep\ntheir lines.');
 	await alice.locator('#message-list .body', { hasText: 'their lines.' }).waitFor();
+	// New messages are announced to screen readers.
+	await alice.locator('#announcer', { hasText: 'Bob: Multi-line messages keep their lines.' }).waitFor();
+	assert.equal(await alice.locator('#announcer').getAttribute('aria-live'), 'polite');
 	assert.deepEqual(await messageTexts(alice), [
 		'Hello Bob!',
 		html,
@@ -128,6 +164,7 @@ test('two users create a conversation and exchange messages', async () => {
 	await conversationButton(alice, 'Bob').click();
 	await alice.locator('#message-list .body', { hasText: 'See you at the meeting.' }).waitFor();
 	await screenshot(alice, 'chat.png');
+	await assertContrast(alice);
 
 	// The unread counts survive a reload: what was read stays read.
 	await bob.reload();
@@ -215,13 +252,20 @@ test('keyboard only: create a conversation and send with Enter, Shift+Enter for 
 
 test('a phone-sized screen shows one pane at a time', async () => {
 	const { alice, bob } = await directPair('-phone', PHONE);
-	await sendMessage(bob, 'Are you on the train yet?');
-	await alice.locator('#message-list .body', { hasText: 'Are you on the train yet?' }).waitFor();
+	await alice.getByRole('button', { name: 'Conversations' }).click();
+	await createConversation(alice, { type: 'group', ids: ['bob-phone'], name: 'Weekend trip' });
+	await conversationButton(bob, 'Weekend trip').click();
+	await sendMessage(bob, 'Who brings the tent?');
+	await alice.locator('#message-list .body', { hasText: 'Who brings the tent?' }).waitFor();
 	const list = alice.locator('#sidebar');
 	const conversation = alice.locator('#conversation');
 	await alice.getByRole('button', { name: 'Conversations' }).click();
 	await list.waitFor();
 	assert.ok(await conversation.isHidden());
+	// With the list in front, a message in the conversation behind it is unread.
+	await conversationButton(bob, 'Alice').click();
+	await sendMessage(bob, 'Are you on the train yet?');
+	await conversationButton(alice, 'Bob').locator('.badge', { hasText: '1' }).waitFor();
 	await screenshot(alice, 'phone-conversations.png');
 
 	await conversationButton(alice, 'Bob').click();
@@ -257,6 +301,7 @@ test('the dark colour scheme', async () => {
 	const bg = await alice.evaluate(() => getComputedStyle(document.body).backgroundColor);
 	assert.equal(bg, 'rgb(16, 20, 28)');
 	await screenshot(alice, 'chat-dark.png');
+	await assertContrast(alice);
 	assertNoProblems(alice, bob);
 	await alice.context().close();
 	await bob.context().close();

@@ -267,6 +267,49 @@ export async function seedMessages(page, token, id, count, prefix) {
 	);
 }
 
+/**
+ * The WCAG contrast ratio of the text of the first element matching each
+ * selector against the background behind it (the nearest ancestor with a
+ * background colour; opacity taken into account).  {selector: ratio}
+ */
+export function contrastRatios(page, selectors) {
+	return page.evaluate((selectors) => {
+		const parse = (c) => {
+			const m = c.match(/rgba?\(([^)]+)\)/);
+			if (!m) return null;
+			const [r, g, b, a = 1] = m[1].split(/[ ,/]+/).filter(Boolean).map(Number);
+			return { r, g, b, a };
+		};
+		const lum = ({ r, g, b }) => {
+			const f = (v) => ((v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+			return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+		};
+		const out = {};
+		for (const sel of selectors) {
+			const node = document.querySelector(sel);
+			if (!node) {
+				out[sel] = null;
+				continue;
+			}
+			let fg = parse(getComputedStyle(node).color);
+			let opacity = 1;
+			let bg = null;
+			for (let n = node; n; n = n.parentElement) {
+				const cs = getComputedStyle(n);
+				opacity *= Number(cs.opacity);
+				const c = parse(cs.backgroundColor);
+				if (!bg && c && c.a > 0) bg = c;
+			}
+			bg ??= { r: 255, g: 255, b: 255, a: 1 };
+			const a = fg.a * opacity;
+			fg = { r: fg.r * a + bg.r * (1 - a), g: fg.g * a + bg.g * (1 - a), b: fg.b * a + bg.b * (1 - a) };
+			const [l1, l2] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+			out[sel] = Math.round(((l1 + 0.05) / (l2 + 0.05)) * 100) / 100;
+		}
+		return out;
+	}, selectors);
+}
+
 /** Waits until `fn` (run in Node) returns a truthy value. */
 export async function until(fn, { timeout = 10000, interval = 50, message = 'condition' } = {}) {
 	const deadline = Date.now() + timeout;

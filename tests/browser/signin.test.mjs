@@ -144,3 +144,25 @@ test('while the server cannot be reached, the page says so and signs in once it 
 	assertNoProblems(page);
 	await page.context().close();
 });
+
+test('when the token expires, the page asks for a fresh one', async () => {
+	const strict = await new Server({ config: { jwt_leeway: '0s' } }).start();
+	try {
+		const page = await openPage(browser);
+		const exp = Math.floor(Date.now() / 1000) + 4;
+		await signInByUrl(page, strict, strict.token('alice', { username: 'alice', name: 'Alice', exp }));
+		// The server closes the connection with 4001 at expiry.
+		const error = page.locator('#sign-in-error', { hasText: 'Your session has expired' });
+		await error.waitFor({ timeout: 20000 });
+		await page.locator('#connection[data-state="error"]').waitFor();
+		assert.ok(await page.locator('#chat').isHidden());
+		// A fresh token carries on.
+		await page.getByLabel('Access token').fill(strict.token('alice', { username: 'alice', name: 'Alice' }));
+		await page.getByRole('button', { name: 'Sign in' }).click();
+		await waitConnected(page);
+		assertNoProblems(page);
+		await page.context().close();
+	} finally {
+		await strict.dispose();
+	}
+});

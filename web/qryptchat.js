@@ -72,7 +72,7 @@ const INITIAL = Object.freeze({
 	error: null
 });
 
-/** Times in milliseconds; every one can be changed per client. */
+/** Times in milliseconds, and a page size; each can be set per client. */
 export const DEFAULTS = Object.freeze({
 	requestTimeout: 30000, // a request without a reply fails with TIMEOUT
 	typingIdle: 3000, // setTyping: typing_stop after this long without a call
@@ -429,7 +429,7 @@ export function createChatClient(options = {}) {
 				if (!page.hasMore || !got.length) return;
 				after = got[got.length - 1].seq;
 			}
-		})().finally(() => catching.delete(id));
+		})().finally(() => catching.get(id) === run && catching.delete(id));
 		catching.set(id, run);
 		return run;
 	}

@@ -3,7 +3,15 @@
 // for a condition with a deadline.
 import { spawn } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
-import { mkdtempSync, openSync, closeSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+	closeSync,
+	existsSync,
+	mkdtempSync,
+	openSync,
+	readFileSync,
+	rmSync,
+	writeFileSync
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,6 +24,10 @@ export const BINARY = process.env.QRYPTCHATD
 	? resolve(process.env.QRYPTCHATD)
 	: join(ROOT, 'build/qryptchatd');
 
+// A server must not outlive the test process, even one killed by a signal:
+// setpriv (util-linux) sets the parent-death signal, as the C++ tests do
+// with PR_SET_PDEATHSIG.  Without it, a normal exit still kills them.
+const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
 const live = new Set();
 process.on('exit', () => {
 	for (const child of live) child.kill('SIGKILL');
@@ -73,9 +85,9 @@ export async function startServer({ dir, port = 0, config = {} } = {}) {
 	const ready = join(dir, 'ready');
 	rmSync(ready, { force: true });
 	const log = openSync(join(dir, 'stderr.log'), 'a');
-	const child = spawn(BINARY, ['-c', conf, '--ready-file', ready], {
-		stdio: ['ignore', 'ignore', log]
-	});
+	const argv = [BINARY, '-c', conf, '--ready-file', ready];
+	if (SETPRIV) argv.unshift(SETPRIV, '--pdeathsig', 'KILL');
+	const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', log] });
 	closeSync(log);
 	live.add(child);
 	let status = null;
@@ -86,20 +98,29 @@ export async function startServer({ dir, port = 0, config = {} } = {}) {
 		})
 	);
 	const logTail = () => readFileSync(join(dir, 'stderr.log'), 'utf8').slice(-4000);
-	const text = await waitFor(
-		() => {
-			if (status !== null)
-				throw new Error(`qryptchatd exited (${status}) before it was ready:\n${logTail()}`);
-			try {
-				const t = readFileSync(ready, 'utf8');
-				return t.endsWith('\n') && t;
-			} catch {
-				return null;
-			}
-		},
-		'the ready file',
-		10000
-	);
+	let text;
+	try {
+		text = await waitFor(
+			() => {
+				if (status !== null) throw new Error(`exited (${status}) before it was ready`);
+				try {
+					const t = readFileSync(ready, 'utf8');
+					return t.endsWith('\n') && t;
+				} catch {
+					return null;
+				}
+			},
+			'the ready file',
+			10000
+		);
+	} catch (e) {
+		// The error quotes the log; nothing of this server is left behind.
+		const log = logTail();
+		child.kill('SIGKILL');
+		await exited;
+		if (own) rmSync(dir, { recursive: true, force: true });
+		throw new Error(`qryptchatd ${e.message}; stderr:\n${log}`);
+	}
 	const boundPort = Number(text.trim());
 	return {
 		dir,

@@ -1,6 +1,6 @@
 // web/qryptchat.js: reconnection after the server restarts, with the rooms
-// joined again and the missed messages fetched, and no reconnection after
-// disconnect().
+// joined again and the missed messages fetched; no reconnection after
+// disconnect() or an expired token; joins repeated when rate-limited.
 import { test, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 
@@ -185,4 +185,23 @@ test('a connection closed for an expired token (4001) is not reopened', async ()
 	// A fresh token starts again.
 	assert.equal((await c.connect(mintToken(server, 'alice'))).id, 'alice');
 	assert.equal(sockets.length, 2);
+});
+
+test('a join refused with RATE_LIMITED is repeated after retryDelay', async () => {
+	const server = await startServer({ config: { rate_burst: 3, connection_rate_per_ip: 0 } });
+	servers.push(server);
+	const alice = await client(server, 'alice', { retryDelay: 200 }); // auth: 2 requests left
+	const ids = [];
+	for (let i = 1; i <= 4; i++) {
+		const maker = await client(server, `maker${i}`);
+		const c = await maker.createConversation({ type: 'group', participant_ids: ['alice'] });
+		ids.push(c.id);
+	}
+	const replies = await Promise.all(ids.map((id) => alice.joinConversation(id)));
+	assert.deepEqual(
+		replies.map((r) => r.conversationId),
+		ids
+	);
+	assert.equal(alice.getState().error, null);
+	assert.equal(alice.getState().connected, true);
 });

@@ -1,7 +1,9 @@
 # qryptchatd: a self-hosted QryptChat WebSocket chat server.
 #
 #   make                      build build/qryptchatd and build/libqryptchat.a
-#   make test                 unit and integration tests (what CI runs)
+#   make test                 unit, integration, web and browser tests (what CI runs)
+#   make test-web             the web client library's tests (Node)
+#   make test-browser         the chat page in headless Chromium (make deps-browser)
 #   make run                  start a development server and print tokens
 #   make install              PREFIX=/usr/local, DESTDIR for staging
 #   make dist                 build/qryptchatd-VERSION.tar.gz from git HEAD
@@ -41,7 +43,7 @@ endif
 
 # Dependencies first: scripts/deps installs missing Debian packages (as
 # root) or says exactly what to install.  Not needed to clean.
-NODEPS_GOALS := clean help uninstall bench-peers
+NODEPS_GOALS := clean help uninstall bench-peers deps-browser
 ifneq ($(filter-out $(NODEPS_GOALS),$(or $(MAKECMDGOALS),all)),)
 DEPS_STATUS := $(shell scripts/deps >&2; echo $$?)
 ifneq ($(DEPS_STATUS),0)
@@ -93,12 +95,12 @@ REPLAY_BINS := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz/replay_%)
 FUZZ_BINS := $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 
 .PHONY: all test unit integration run install uninstall clean lint help bench bench-peers \
-	fuzz fuzzers dist test-web FORCE
+	fuzz fuzzers dist test-web test-browser deps-browser FORCE
 
 all: $(BUILD)/qryptchatd $(BUILD)/libqryptchat.a
 
 help:
-	@sed -n '3,14p' Makefile
+	@sed -n '3,16p' Makefile
 
 $(BUILD)/qryptchatd: $(MAIN_OBJ) $(BUILD)/libqryptchat.a
 	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS)
@@ -166,7 +168,7 @@ endif
 test: all $(UNIT_BINS) $(REPLAY_BINS) $(INTEG_BINS) $(FAULTFS) $(EXAMPLE_BINS) lint
 	@QRYPTCHATD=$(BUILD)/qryptchatd QC_MAKE_FLAGS="SANITIZE=$(SANITIZE)" $(TEST_ENV) \
 		scripts/run-tests $(UNIT_BINS) $(REPLAY_BINS) $(INTEG_BINS) $(EXAMPLE_BINS) \
-		scripts/test-install scripts/test-web
+		scripts/test-install scripts/test-web scripts/test-browser
 
 unit: $(UNIT_BINS) $(REPLAY_BINS)
 	@$(TEST_ENV) scripts/run-tests $(UNIT_BINS) $(REPLAY_BINS)
@@ -174,6 +176,14 @@ unit: $(UNIT_BINS) $(REPLAY_BINS)
 # The browser library's tests (Node's test runner against the real server).
 test-web: all
 	@QRYPTCHATD=$(BUILD)/qryptchatd scripts/test-web
+
+# The chat page in headless Chromium (skipped when Chromium is absent;
+# `make deps-browser` installs it).
+test-browser: all
+	@QRYPTCHATD=$(BUILD)/qryptchatd scripts/test-browser
+
+deps-browser:
+	@scripts/deps-browser
 
 # Fuzzing: scripts/run-fuzz says what it found and where.
 fuzz:

@@ -81,6 +81,10 @@ Result<Claims> verify_jwt(std::string_view token, const AuthParams &params, int6
 	if (CRYPTO_memcmp(mac, sig->data(), 32) != 0)
 		return invalid("bad signature");
 
+	// The claims are UTF-8 JSON (RFC 7519); the strings taken from them
+	// go out in text frames, which must be valid UTF-8.
+	if (!utf8_valid(*payload_raw))
+		return invalid("malformed claims");
 	JsonDoc payload = json_parse(*payload_raw);
 	JsonRef p = json_root(payload);
 	if (!p.is_object())

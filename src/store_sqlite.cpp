@@ -435,7 +435,7 @@ Status SqliteStore::open(const SqliteOptions &opts)
 
 Result<User> SqliteStore::upsert_user(const std::string &id, const ProfileHints &h)
 {
-	std::string fallback = "user_" + id.substr(0, 8);
+	std::string fallback = "user_" + utf8_prefix(id, 8); // characters, not bytes
 	{
 		Use u(user_upsert_);
 		u.bind(1, id).bind(2, h.username).bind(3, h.display_name).bind(4, h.email);

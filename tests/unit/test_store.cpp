@@ -128,6 +128,11 @@ static void test_users(void **state)
 	assert_str_eq(**missing, "nobody");
 	assert_false(s.first_unknown_user({"b"})->has_value());
 	assert_false(s.get_user("nobody")->has_value());
+	// The default name takes 8 characters of the id, not 8 bytes: a
+	// sequence cut in two would not be UTF-8.
+	u = s.upsert_user("a\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9", ProfileHints{});
+	assert_str_eq(u->username, "user_a\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9");
+	assert_true(utf8_valid(u->username));
 }
 
 static void test_conversations(void **state)

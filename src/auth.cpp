@@ -96,6 +96,9 @@ Result<Claims> verify_jwt(std::string_view token, const AuthParams &params, int6
 		return invalid("missing sub");
 	if (sub.str().size() > kMaxSubBytes)
 		return invalid("sub too long");
+	// The sub is the user id, and ids hold no NUL (PROTOCOL.md §12).
+	if (sub.str().find('\0') != std::string_view::npos)
+		return invalid("sub holds a NUL");
 	c.sub = std::string(sub.str());
 
 	if (!numeric_date(p.get("exp"), c.exp) || !numeric_date(p.get("nbf"), c.nbf) ||

@@ -171,6 +171,9 @@ static void test_sub(void **)
 	assert_int_equal(verify(sign(kHs256, "{\"sub\":\"" + s128 + "\"," + exp + "}")), Err::None);
 	assert_int_equal(verify(sign(kHs256, "{\"sub\":\"" + s129 + "\"," + exp + "}")),
 			 Err::InvalidToken);
+	// An id holds no NUL: such a sub is refused, not cut at the NUL.
+	assert_int_equal(verify(sign(kHs256, "{\"sub\":\"user-1\\u0000x\"," + exp + "}")),
+			 Err::InvalidToken);
 	// Control characters are the issuer's business: kept as they are.
 	auto r = verify_jwt(sign(kHs256, "{\"sub\":\"a\\nb\\u001b\"," + exp + "}"), params(), kNow);
 	assert_true(r.ok());

@@ -182,6 +182,40 @@ static void test_direct_created_once(void **state)
 	assert_int_equal(s.conversations("a")->size(), 1);
 }
 
+// User ids are token subs and may hold a newline: no two pairs of users
+// share a direct conversation because of it.
+static void test_direct_key_unambiguous(void **state)
+{
+	Store &s = store(state);
+	users(s, {"a", "b\nc", "a\nb", "c", "p\\n", "p\n", "q"});
+	auto direct = [&](const std::string &creator, const std::string &other) {
+		NewConversation c;
+		c.id = uuid_v7();
+		c.type = "direct";
+		c.creator = creator;
+		c.members = {other};
+		c.now = now_ms();
+		auto r = s.create_conversation(c);
+		assert_true(r.ok());
+		return std::move(*r);
+	};
+	auto first = direct("a", "b\nc");
+	auto second = direct("a\nb", "c");
+	assert_true(second.created);
+	assert_true(second.id != first.id);
+	assert_false(*s.is_participant(first.id, "a\nb"));
+	assert_false(*s.is_participant(first.id, "c"));
+	// A backslash is escaped too, or "p\\n" (backslash, n) would key as
+	// "p\n" (a newline) does.
+	auto third = direct("p\\n", "q");
+	auto fourth = direct("p\n", "q");
+	assert_true(fourth.created);
+	assert_true(fourth.id != third.id);
+	// and the same pair still finds its conversation
+	assert_false(direct("b\nc", "a").created);
+	assert_str_eq(direct("c", "a\nb").id, second.id);
+}
+
 static void test_seq_and_idempotency(void **state)
 {
 	Store &s = store(state);
@@ -453,6 +487,7 @@ static int run_all(const char *name)
 		cmocka_unit_test_setup_teardown(test_users, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_conversations, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_direct_created_once, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_direct_key_unambiguous, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_seq_and_idempotency, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pages_120_both_ways, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_read_marks, setup, teardown),

@@ -43,8 +43,18 @@ void log_write(LogLevel level, const char *fmt, ...)
 	int m = vsnprintf(line + n, sizeof line - static_cast<size_t>(n) - 1, fmt, ap);
 	va_end(ap);
 	size_t len = static_cast<size_t>(n) + (m < 0 ? 0 : static_cast<size_t>(m));
-	if (len > sizeof line - 2)
+	if (len > sizeof line - 2) {
+		// vsnprintf cut the line: drop a character it cut in two, so that
+		// the line stays valid UTF-8.
 		len = sizeof line - 2;
+		size_t lead = len - 1;
+		while (lead > 0 && (static_cast<unsigned char>(line[lead]) & 0xc0) == 0x80)
+			lead--;
+		unsigned char c = static_cast<unsigned char>(line[lead]);
+		size_t need = c < 0x80 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+		if (lead + need > len)
+			len = lead;
+	}
 	line[len++] = '\n';
 	// One write per line so that lines from a crash handler or another
 	// process sharing stderr do not interleave.

@@ -201,6 +201,17 @@ static void test_log_escapes_origin(void **)
 			    .get());
 	assert_int_equal(r.status, 403);
 	assert_true(s->wait_log("status=403 origin=\"https://a\""));
+	// A line cut at the log's line limit is cut between characters:
+	// escaped separators (12 bytes each) push a run of 3-byte characters
+	// across the limit.
+	std::string wide = "https://";
+	for (int i = 0; i < 160; i++)
+		wide += "\xe2\x80\xa8";
+	for (int i = 0; i < 32; i++)
+		wide += "\xe6\x97\xa5";
+	assert_null(WsClient::connect(s->port(), "/ws", {{"Origin", wide}}, &r).get());
+	assert_int_equal(r.status, 403);
+	assert_true(s->wait_log("origin=\"https://\\xe2\\x80\\xa8"));
 	assert_log_clean(s->log());
 }
 

@@ -20,6 +20,10 @@ namespace {
 // string's valueint (which cJSON leaves at 0 for strings) and read back
 // by JsonRef::str().  Member names are looked up as C strings, so a name
 // with a NUL ("type\u0000x" would pass for "type") makes the text invalid.
+//
+// cJSON reads a "\u" escape whose four characters are not all hex digits
+// as U+0000 ("\uzzzz" is a NUL to it); such an escape is not JSON and makes
+// the text invalid here, which also keeps this walk in step with cJSON's.
 
 int hex_digit(char c)
 {
@@ -32,11 +36,17 @@ int hex_digit(char c)
 	return -1;
 }
 
-unsigned hex4(const char *p)
+// The four hex digits at p (the caller checked there are four
+// characters), or -1 when they are not four hex digits.
+long hex4(const char *p)
 {
-	unsigned v = 0;
-	for (int i = 0; i < 4; i++)
-		v = v * 16 + static_cast<unsigned>(hex_digit(p[i]));
+	long v = 0;
+	for (int i = 0; i < 4; i++) {
+		int d = hex_digit(p[i]);
+		if (d < 0)
+			return -1;
+		v = v * 16 + d;
+	}
 	return v;
 }
 
@@ -71,11 +81,14 @@ Literal next_literal(const char *&p, const char *end)
 		}
 		if (end - p < 6)
 			return l;
-		unsigned cp = hex4(p + 2);
+		long cp = hex4(p + 2);
+		if (cp < 0)
+			return l;
 		if (cp >= 0xd800 && cp <= 0xdbff) {
-			if (end - p < 12)
+			// A surrogate pair (cJSON refuses lone surrogates).
+			if (end - p < 12 || p[6] != '\\' || p[7] != 'u' || hex4(p + 8) < 0)
 				return l;
-			l.len += 4; // a surrogate pair (cJSON refuses lone ones)
+			l.len += 4;
 			p += 11;
 		} else {
 			l.nul |= cp == 0;
@@ -114,11 +127,16 @@ bool record_lengths(cJSON *item, const char *&p, const char *end)
 	return true;
 }
 
-// Whether text may hold a NUL inside a string (false positives are fine).
-bool may_hold_nul(std::string_view text)
+// Whether text may hold a NUL inside a string, or a "\u" escape that is
+// not one (false positives cost a walk, nothing else).
+bool needs_walk(std::string_view text)
 {
-	return memchr(text.data(), '\0', text.size()) != nullptr ||
-	       text.find("\\u0000") != std::string_view::npos;
+	if (memchr(text.data(), '\0', text.size()))
+		return true;
+	for (size_t at = text.find("\\u"); at != std::string_view::npos; at = text.find("\\u", at + 2))
+		if (text.size() - at < 6 || hex4(text.data() + at + 2) <= 0)
+			return true;
+	return false;
 }
 
 void print_to(std::string &out, const cJSON *j)
@@ -158,7 +176,7 @@ JsonDoc json_parse(std::string_view text)
 	for (const char *p = end; p < text.data() + text.size(); p++)
 		if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n' && *p != '\0')
 			return nullptr;
-	if (may_hold_nul(text)) {
+	if (needs_walk(text)) {
 		const char *p = text.data();
 		if (!record_lengths(doc.get(), p, end))
 			return nullptr;

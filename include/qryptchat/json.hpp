@@ -23,8 +23,8 @@ using JsonDoc = std::unique_ptr<cJSON, JsonDeleter>;
 // Parses exactly `text` (no NUL needed); nullptr if it is not JSON.
 // Nesting is limited by cJSON (1000 levels).  Strings keep a "\u0000" as
 // a NUL byte; a member name holding one is refused (nullptr), as are lone
-// UTF-16 surrogate escapes ("\ud800"), so every string is valid UTF-8
-// when the text is.
+// UTF-16 surrogate escapes ("\ud800") and "\u" escapes without four hex
+// digits, so every string is valid UTF-8 when the text is.
 JsonDoc json_parse(std::string_view text);
 
 // Non-owning view of one value inside a document.

@@ -391,7 +391,8 @@ static void test_request_id_round_trip(void **state)
 
 // "\ud800" is valid UTF-8 on the wire but no character: the message is
 // refused whole (INVALID_MESSAGE), so no string holding a surrogate is
-// ever stored or sent on.  A proper pair is one character.
+// ever stored or sent on; so is "\u" without four hex digits.  A proper
+// pair is one character.
 static void test_lone_surrogate_escapes(void **state)
 {
 	ServerProcess &s = shared_server(state);
@@ -406,6 +407,11 @@ static void test_lone_surrogate_escapes(void **state)
 		assert_contains(raw, "\"requestId\":null");
 	}
 	assert_true(alice->send_text(R"({"type":"ping","requestId":"\udfff"})"));
+	expect_raw_error(*alice, "INVALID_MESSAGE");
+	// Nor is a "\u" without four hex digits an escape (of a NUL or else).
+	assert_true(alice->send_text(R"({"type":"ping","requestId":"\u00zz"})"));
+	expect_raw_error(*alice, "INVALID_MESSAGE");
+	assert_true(alice->send_text("{\"type\":\"ping\",\"requestId\":\"\\ud8" + N + N + N + N + "00\"}"));
 	expect_raw_error(*alice, "INVALID_MESSAGE");
 	expect_quiet(*bob);
 	send_request(*alice, "send_message", conv_field(conv, "\"content\":\"\\ud83d\\ude00\""), "ok");

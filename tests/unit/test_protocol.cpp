@@ -238,6 +238,15 @@ static void test_json_nul_bytes(void **)
 		assert_null(json_parse(t).get());
 	}
 	assert_null(json_parse(std::string("{\"a\0\":1}", 9)).get());
+	// cJSON reads "\uzzzz" as U+0000; it is no escape, and refused.
+	for (const char *t : {R"({"a":"\uzzzz"})", R"({"a":"x\u00zz"})", R"({"a":"\u00\"x"})",
+			      R"({"a":"\ud83d\udezz"})", R"(["\u12"])"})
+		assert_null(json_parse(t).get());
+	assert_null(json_parse(std::string("{\"a\":\"\\ud8\0\0\0\0\0\0\0\0000\"}", 22)).get());
+	// An escaped backslash before "u00zz" is no escape of it.
+	d = json_parse(R"({"a":"\\u00zz","b":"\u0000"})");
+	assert_true(json_root(d).get("a").str() == "\\u00zz");
+	assert_true(json_root(d).get("b").str() == n);
 	// In the envelope: a type with a NUL is no known type; a requestId
 	// with one is echoed whole.
 	Envelope e = parse_envelope(R"({"type":"ping\u0000","requestId":"r\u0000\u0001"})");

@@ -84,6 +84,10 @@ Result<Claims> verify_jwt(std::string_view token, const AuthParams &params, int6
 	if (CRYPTO_memcmp(mac, sig->data(), 32) != 0)
 		return invalid("bad signature");
 
+	// The claims are UTF-8 JSON (RFC 7519); the strings taken from them
+	// go out in text frames, which must be valid UTF-8.
+	if (!utf8_valid(*payload_raw))
+		return invalid("malformed claims");
 	JsonDoc payload = json_parse(*payload_raw);
 	JsonRef p = json_root(payload);
 	if (!p.is_object())
@@ -95,6 +99,9 @@ Result<Claims> verify_jwt(std::string_view token, const AuthParams &params, int6
 		return invalid("missing sub");
 	if (sub.str().size() > kMaxSubBytes)
 		return invalid("sub too long");
+	// The sub is the user id, and ids hold no NUL (PROTOCOL.md §12).
+	if (sub.str().find('\0') != std::string_view::npos)
+		return invalid("sub holds a NUL");
 	c.sub = std::string(sub.str());
 
 	if (!numeric_date(p.get("exp"), c.exp) || !numeric_date(p.get("nbf"), c.nbf) ||

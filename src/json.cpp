@@ -2,12 +2,169 @@
 
 #include <cJSON.h>
 
+#include <climits>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 
 namespace qc {
 
 void JsonDeleter::operator()(cJSON *j) const noexcept { cJSON_Delete(j); }
+
+namespace {
+
+// cJSON keeps each string NUL-terminated and records no length, so a
+// string holding "\u0000" would read as cut at the NUL.  After a parse
+// that may hold one, the text is walked again beside the tree: the
+// decoded length of each string with a NUL in it is recorded in the
+// string's valueint (which cJSON leaves at 0 for strings) and read back
+// by JsonRef::str().  Member names are looked up as C strings, so a name
+// with a NUL ("type\u0000x" would pass for "type") makes the text invalid.
+//
+// cJSON reads a "\u" escape whose four characters are not all hex digits
+// as U+0000 ("\uzzzz" is a NUL to it); such an escape is not JSON and makes
+// the text invalid here, which also keeps this walk in step with cJSON's.
+
+int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+// The four hex digits at p (the caller checked there are four
+// characters), or -1 when they are not four hex digits.
+long hex4(const char *p)
+{
+	long v = 0;
+	for (int i = 0; i < 4; i++) {
+		int d = hex_digit(p[i]);
+		if (d < 0)
+			return -1;
+		v = v * 16 + d;
+	}
+	return v;
+}
+
+struct Literal {
+	size_t len = 0;   // decoded bytes, as cJSON decodes them
+	bool nul = false; // a NUL among them
+	bool ok = false;
+};
+
+// The next string literal at or after p, in text cJSON accepted; p ends
+// past its closing quote.  Between literals there are only punctuation,
+// numbers, true/false/null and whitespace, none of which holds a quote.
+Literal next_literal(const char *&p, const char *end)
+{
+	Literal l;
+	while (p < end && *p != '"')
+		p++;
+	if (p == end)
+		return l;
+	for (p++; p < end && *p != '"'; p++) {
+		if (*p != '\\') {
+			l.nul |= *p == '\0';
+			l.len++;
+			continue;
+		}
+		if (end - p < 2)
+			return l;
+		if (p[1] != 'u') {
+			l.len++;
+			p++;
+			continue;
+		}
+		if (end - p < 6)
+			return l;
+		long cp = hex4(p + 2);
+		if (cp < 0)
+			return l;
+		if (cp >= 0xd800 && cp <= 0xdbff) {
+			// A surrogate pair (cJSON refuses lone surrogates).
+			if (end - p < 12 || p[6] != '\\' || p[7] != 'u' || hex4(p + 8) < 0)
+				return l;
+			l.len += 4;
+			p += 11;
+		} else {
+			l.nul |= cp == 0;
+			l.len += cp < 0x80 ? 1 : cp < 0x800 ? 2 : 3;
+			p += 5;
+		}
+	}
+	if (p == end)
+		return l;
+	p++;
+	l.ok = true;
+	return l;
+}
+
+// Records the lengths of the strings of `item` and its siblings, in
+// document order; false when a member name holds a NUL.
+bool record_lengths(cJSON *item, const char *&p, const char *end)
+{
+	for (; item; item = item->next) {
+		if (item->string) {
+			Literal name = next_literal(p, end);
+			if (!name.ok || name.nul)
+				return false;
+		}
+		if (cJSON_IsString(item)) {
+			Literal v = next_literal(p, end);
+			if (!v.ok || v.len > INT_MAX)
+				return false;
+			if (v.nul)
+				item->valueint = static_cast<int>(v.len);
+		} else if ((cJSON_IsArray(item) || cJSON_IsObject(item)) &&
+			   !record_lengths(item->child, p, end)) {
+			return false;
+		}
+	}
+	return true;
+}
+
+// Whether text may hold a NUL inside a string, or a "\u" escape that is
+// not one (false positives cost a walk, nothing else).
+bool needs_walk(std::string_view text)
+{
+	if (memchr(text.data(), '\0', text.size()))
+		return true;
+	for (size_t at = text.find("\\u"); at != std::string_view::npos; at = text.find("\\u", at + 2))
+		if (text.size() - at < 6 || hex4(text.data() + at + 2) <= 0)
+			return true;
+	return false;
+}
+
+void print_to(std::string &out, const cJSON *j)
+{
+	if (cJSON_IsString(j)) {
+		json_escape_to(out, JsonRef(j).str());
+	} else if (cJSON_IsArray(j) || cJSON_IsObject(j)) {
+		bool object = cJSON_IsObject(j);
+		out.push_back(object ? '{' : '[');
+		for (const cJSON *c = j->child; c; c = c->next) {
+			if (c != j->child)
+				out.push_back(',');
+			if (object) {
+				json_escape_to(out, c->string ? c->string : "");
+				out.push_back(':');
+			}
+			print_to(out, c);
+		}
+		out.push_back(object ? '}' : ']');
+	} else {
+		// Numbers, booleans and null as cJSON prints them.
+		char *p = cJSON_PrintUnformatted(j);
+		out += p ? p : "null";
+		cJSON_free(p);
+	}
+}
+
+} // namespace
 
 JsonDoc json_parse(std::string_view text)
 {
@@ -19,6 +176,11 @@ JsonDoc json_parse(std::string_view text)
 	for (const char *p = end; p < text.data() + text.size(); p++)
 		if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n' && *p != '\0')
 			return nullptr;
+	if (needs_walk(text)) {
+		const char *p = text.data();
+		if (!record_lengths(doc.get(), p, end))
+			return nullptr;
+	}
 	return doc;
 }
 
@@ -41,6 +203,9 @@ std::string_view JsonRef::str() const
 {
 	if (!is_string() || !j_->valuestring)
 		return {};
+	// A string with a NUL in it has its length recorded (see json_parse).
+	if (j_->valueint > 0)
+		return std::string_view(j_->valuestring, static_cast<size_t>(j_->valueint));
 	return j_->valuestring;
 }
 
@@ -92,11 +257,8 @@ std::string JsonRef::print() const
 {
 	if (!j_)
 		return "null";
-	char *p = cJSON_PrintUnformatted(j_);
-	if (!p)
-		return "null";
-	std::string s(p);
-	cJSON_free(p);
+	std::string s;
+	print_to(s, j_);
 	return s;
 }
 

@@ -54,7 +54,19 @@ void json_string(std::string &out, std::string_view s)
 			unsigned char c1 = static_cast<unsigned char>(s[i + 1]);
 			ok = !(c == 0xf0 && c1 < 0x90) && !(c == 0xf4 && c1 >= 0x90);
 		}
-		if (ok) {
+		// C1 controls and the line and paragraph separators are escaped
+		// too: a terminal or a JSON-in-JavaScript reader could act on them.
+		unsigned char c1 = ok && n >= 2 ? static_cast<unsigned char>(s[i + 1]) : 0;
+		unsigned char c2 = ok && n >= 3 ? static_cast<unsigned char>(s[i + 2]) : 0;
+		if (ok && n == 2 && c == 0xc2 && c1 < 0xa0) {
+			char buf[8];
+			snprintf(buf, sizeof buf, "\\u%04x", c1);
+			out += buf;
+			i += n;
+		} else if (ok && n == 3 && c == 0xe2 && c1 == 0x80 && (c2 == 0xa8 || c2 == 0xa9)) {
+			out += c2 == 0xa8 ? "\\u2028" : "\\u2029";
+			i += n;
+		} else if (ok) {
 			out.append(s.data() + i, n);
 			i += n;
 		} else {
@@ -220,8 +232,18 @@ void log_write(LogLevel level, const char *fmt, ...)
 	int m = vsnprintf(line + n, sizeof line - static_cast<size_t>(n) - 1, fmt, ap);
 	va_end(ap);
 	size_t len = static_cast<size_t>(n) + (m < 0 ? 0 : static_cast<size_t>(m));
-	if (len > sizeof line - 2)
+	if (len > sizeof line - 2) {
+		// vsnprintf cut the line: drop a character it cut in two, so that
+		// the line stays valid UTF-8.
 		len = sizeof line - 2;
+		size_t lead = len - 1;
+		while (lead > 0 && (static_cast<unsigned char>(line[lead]) & 0xc0) == 0x80)
+			lead--;
+		unsigned char c = static_cast<unsigned char>(line[lead]);
+		size_t need = c < 0x80 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+		if (lead + need > len)
+			len = lead;
+	}
 	std::string json;
 	const char *out = line;
 	if (g_log_format == LogFormat::Json) {

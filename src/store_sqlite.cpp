@@ -18,6 +18,31 @@ using sqlite::Use;
 
 namespace {
 
+// The key that makes a direct conversation unique: the two user ids in
+// order, joined by a newline.  User ids are token subs and may hold a
+// newline themselves, so each id's backslashes and newlines are escaped
+// first: otherwise the pairs ("a", "b\nc") and ("a\nb", "c") would share
+// a key, and asking for the second would reopen the first.  An id with
+// neither character keys as it always did.
+std::string direct_key_of(const std::string &x, const std::string &y)
+{
+	auto add = [](std::string &out, const std::string &id) {
+		for (char ch : id) {
+			if (ch == '\\')
+				out += "\\\\";
+			else if (ch == '\n')
+				out += "\\n";
+			else
+				out.push_back(ch);
+		}
+	};
+	std::string key;
+	add(key, x < y ? x : y);
+	key.push_back('\n');
+	add(key, x < y ? y : x);
+	return key;
+}
+
 // The columns of a message as a viewer sees it; ?1 is always the viewer.
 #define MESSAGE_COLUMNS                                                                            \
 	"m.id, m.conversation_id, m.seq, m.sender_id, m.message_type, "                            \
@@ -385,7 +410,7 @@ Status SqliteStore::open(const SqliteOptions &opts)
 
 Result<User> SqliteStore::upsert_user(const std::string &id, const ProfileHints &h)
 {
-	std::string fallback = "user_" + id.substr(0, 8);
+	std::string fallback = "user_" + utf8_prefix(id, 8); // characters, not bytes
 	{
 		Use u(user_upsert_);
 		u.bind(1, id).bind(2, h.username).bind(3, h.display_name).bind(4, h.email);
@@ -477,8 +502,7 @@ Result<CreatedConversation> SqliteStore::create_conversation(const NewConversati
 {
 	std::optional<std::string> direct_key;
 	if (c.type == "direct" && c.members.size() == 1) {
-		const std::string &a = c.creator, &b = c.members[0];
-		direct_key = a < b ? a + "\n" + b : b + "\n" + a;
+		direct_key = direct_key_of(c.creator, c.members[0]);
 	}
 	Txn txn(*this);
 	if (!txn.begin()) {

@@ -161,7 +161,7 @@ Result<bool> SqliteAdmin::add_user(const std::string &id, const ProfileHints &h)
 			"ON CONFLICT (id) DO NOTHING"))
 		return fail("add user");
 	Use u(s);
-	std::string fallback = "user_" + id.substr(0, 8);
+	std::string fallback = "user_" + utf8_prefix(id, 8);
 	int64_t now = now_ms();
 	u.bind(1, id).bind(2, h.username).bind(3, h.display_name).bind(4, h.email).bind(5, h.avatar_url);
 	u.bind(6, fallback).bind(7, now);

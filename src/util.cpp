@@ -499,26 +499,99 @@ size_t utf8_length(std::string_view s)
 	return n;
 }
 
+namespace {
+
+// Length of the well-formed UTF-8 sequence at s[i] (RFC 3629: shortest
+// form, no surrogates, nothing above U+10FFFF) and its code point; 0 when
+// the bytes there are not one.
+size_t utf8_sequence(std::string_view s, size_t i, uint32_t &cp)
+{
+	unsigned char c = static_cast<unsigned char>(s[i]);
+	size_t n;
+	uint32_t min;
+	if (c < 0x80) {
+		cp = c;
+		return 1;
+	}
+	if (c >= 0xc2 && c <= 0xdf) {
+		n = 2;
+		cp = c & 0x1f;
+		min = 0x80;
+	} else if (c >= 0xe0 && c <= 0xef) {
+		n = 3;
+		cp = c & 0x0f;
+		min = 0x800;
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		n = 4;
+		cp = c & 0x07;
+		min = 0x10000;
+	} else {
+		return 0;
+	}
+	if (s.size() - i < n)
+		return 0;
+	for (size_t k = 1; k < n; k++) {
+		unsigned char cc = static_cast<unsigned char>(s[i + k]);
+		if ((cc & 0xc0) != 0x80)
+			return 0;
+		cp = (cp << 6) | (cc & 0x3f);
+	}
+	if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return n;
+}
+
+} // namespace
+
+bool utf8_valid(std::string_view s)
+{
+	uint32_t cp;
+	for (size_t i = 0, n; i < s.size(); i += n)
+		if ((n = utf8_sequence(s, i, cp)) == 0)
+			return false;
+	return true;
+}
+
+std::string utf8_prefix(std::string_view s, size_t max_chars)
+{
+	size_t chars = 0, i = 0;
+	for (; i < s.size(); i++)
+		if ((static_cast<unsigned char>(s[i]) & 0xc0) != 0x80 && chars++ == max_chars)
+			break;
+	return std::string(s.substr(0, i));
+}
+
 std::string escape_text(std::string_view s, size_t max_chars)
 {
+	static const char hex[] = "0123456789abcdef";
 	std::string out;
 	out.reserve(s.size() < max_chars ? s.size() + 8 : max_chars + 8);
 	size_t chars = 0, i = 0;
-	for (; i < s.size(); i++) {
-		unsigned char c = static_cast<unsigned char>(s[i]);
-		bool lead = (c & 0xc0) != 0x80;
-		if (lead && chars++ == max_chars)
-			break;
-		if (c == '"' || c == '\\') {
+	while (i < s.size() && chars++ < max_chars) {
+		uint32_t cp = 0;
+		size_t n = utf8_sequence(s, i, cp);
+		// Control characters (C0, DEL, C1), the Unicode line and paragraph
+		// separators, and every byte that is not part of well-formed UTF-8
+		// are written as \xNN per byte: a log line stays one line of
+		// valid UTF-8 that no terminal reads as a command.
+		bool escape = n == 0 || cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp == 0x2028 ||
+			      cp == 0x2029;
+		if (n == 0)
+			n = 1; // an invalid byte stands alone
+		if (escape) {
+			for (size_t k = 0; k < n; k++) {
+				unsigned char c = static_cast<unsigned char>(s[i + k]);
+				out += "\\x";
+				out.push_back(hex[c >> 4]);
+				out.push_back(hex[c & 15]);
+			}
+		} else if (cp == '"' || cp == '\\') {
 			out.push_back('\\');
-			out.push_back(static_cast<char>(c));
-		} else if (c < 0x20 || c == 0x7f) {
-			char buf[8];
-			snprintf(buf, sizeof buf, "\\x%02x", c);
-			out += buf;
+			out.push_back(static_cast<char>(cp));
 		} else {
-			out.push_back(static_cast<char>(c));
+			out.append(s.data() + i, n);
 		}
+		i += n;
 	}
 	if (i < s.size())
 		out += "...";

@@ -21,7 +21,10 @@ struct JsonDeleter {
 using JsonDoc = std::unique_ptr<cJSON, JsonDeleter>;
 
 // Parses exactly `text` (no NUL needed); nullptr if it is not JSON.
-// Nesting is limited by cJSON (1000 levels).
+// Nesting is limited by cJSON (1000 levels).  Strings keep a "\u0000" as
+// a NUL byte; a member name holding one is refused (nullptr), as are lone
+// UTF-16 surrogate escapes ("\ud800") and "\u" escapes without four hex
+// digits, so every string is valid UTF-8 when the text is.
 JsonDoc json_parse(std::string_view text);
 
 // Non-owning view of one value inside a document.
@@ -39,7 +42,7 @@ public:
 	bool is_array() const;
 	// Member of an object (absent → an empty ref).
 	JsonRef get(const char *name) const;
-	// The string value (only when is_string()).
+	// The string value (only when is_string()), NUL bytes included.
 	std::string_view str() const;
 	double num() const;
 	bool boolean() const;

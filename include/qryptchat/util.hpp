@@ -131,8 +131,18 @@ bool cidr_list_contains(const std::vector<Cidr> &list, const IpAddr &ip);
 // Number of Unicode code points in UTF-8 text (invalid bytes count one each).
 size_t utf8_length(std::string_view s);
 
-// Escapes text for a log line or an error message: quotes, backslashes and
-// control characters become \" \\ \xNN; the result is cut after max_chars
+// Whether s is well-formed UTF-8 (RFC 3629: shortest forms only, no
+// UTF-16 surrogates, nothing above U+10FFFF).
+bool utf8_valid(std::string_view s);
+
+// The first max_chars code points of UTF-8 text (never cut inside a
+// sequence).
+std::string utf8_prefix(std::string_view s, size_t max_chars);
+
+// Escapes text for a log line or an error message: quotes and backslashes
+// become \" and \\; control characters (C0, DEL and C1), U+2028, U+2029
+// and bytes that are not well-formed UTF-8 become \xNN for each byte.  The
+// result is valid UTF-8 without a control character, cut after max_chars
 // code points (then "..." is appended), never inside a UTF-8 sequence.
 std::string escape_text(std::string_view s, size_t max_chars = 256);
 

@@ -42,7 +42,7 @@ Result<CreateSpec> parse_create(const Ctx &ctx, const Caller &c, JsonRef p)
 		return make_error(Err::InvalidData, "participantIds must be an array of user ids");
 	CreateSpec spec;
 	for (auto item : ids.items()) {
-		if (!item.is_string() || item.str().empty())
+		if (!is_id(item))
 			return make_error(Err::InvalidData,
 					  std::string(ids_name) + " must contain only user id strings");
 		std::string id(item.str());

@@ -32,9 +32,17 @@ Status handle_load_more_messages(Ctx &ctx, Caller &c, const Request &r);
 Status handle_typing_start(Ctx &ctx, Caller &c, const Request &r);
 Status handle_typing_stop(Ctx &ctx, Caller &c, const Request &r);
 
-// The conversationId rule shared by every conversation request: a
-// non-empty string (INVALID_DATA), naming a conversation of which the
-// caller is a current participant (ACCESS_DENIED otherwise).
+// Ids (of conversations, messages and users) are non-empty strings that
+// hold no NUL: the server makes no id with one, so such a value is refused
+// (INVALID_DATA), never cut (PROTOCOL.md §12).
+inline bool is_id(JsonRef j)
+{
+	return j.is_string() && !j.str().empty() && j.str().find('\0') == std::string_view::npos;
+}
+
+// The conversationId rule shared by every conversation request: an id
+// (INVALID_DATA otherwise), naming a conversation of which the caller is a
+// current participant (ACCESS_DENIED otherwise).
 Result<std::string> conversation_access(Ctx &ctx, const Caller &c, const Request &r);
 
 // Counts store failures; passes the error through.

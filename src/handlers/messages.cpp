@@ -109,7 +109,7 @@ Status parse_send(Ctx &ctx, const std::string &room, JsonRef p, NewMessage &m)
 	}
 
 	JsonRef reply = p.get("replyToId");
-	if (given(reply) && (!reply.is_string() || reply.str().empty()))
+	if (given(reply) && !is_id(reply))
 		return make_error(Err::InvalidData, "replyToId must be a message id string");
 
 	// Checks against the store come last.
@@ -154,7 +154,7 @@ Status load_page(Ctx &ctx, Caller &c, const Request &r, bool before_required)
 	}
 	JsonRef before = p.get("beforeMessageId");
 	JsonRef after = p.get("afterSeq");
-	if (given(before) && (!before.is_string() || before.str().empty()))
+	if (given(before) && !is_id(before))
 		return make_error(Err::InvalidData, "beforeMessageId must be a message id string");
 	if (before_required && !given(before))
 		return make_error(Err::InvalidData, "beforeMessageId is required");

@@ -10,6 +10,8 @@ Result<std::string> conversation_access(Ctx &ctx, const Caller &c, const Request
 	JsonRef id = r.payload.get("conversationId");
 	if (!id.is_string() || id.str().empty())
 		return make_error(Err::InvalidData, "conversationId is required and must be a string");
+	if (!is_id(id))
+		return make_error(Err::InvalidData, "conversationId must not hold a NUL");
 	std::string conv(id.str());
 	auto member = ctx.store.is_participant(conv, c.user_id);
 	if (!member)

@@ -8,11 +8,13 @@
 // anything else user a's socket (consumed only when it is 'a').  The text
 // "$G" is replaced by the id of a group conversation of a, b and c, "$D"
 // by the direct conversation of a and b, so that seeds reach past the
-// access checks.  Each input starts from the same fresh world.
+// access checks.  Each input starts from the same fresh world.  A frame
+// that is not valid UTF-8 is skipped: libwebsockets closes the socket with
+// 1007 before the server would see it.
 //
-// Checked for every input: each frame the server sends is one JSON object
-// with string type, requestId and timestamp; closing every socket leaves
-// the room table empty.
+// Checked for every input: each frame the server sends is valid UTF-8 and
+// one JSON object with string type, requestId and timestamp; closing every
+// socket leaves the room table empty.
 #include <cstdint>
 #include <cstdlib>
 #include <map>
@@ -38,7 +40,10 @@ struct Sink final : public Host, public DeliverySink {
 	void deliver(SessionId, const FramePtr &f) override
 	{
 		frames++;
-		JsonDoc d = json_parse(std::string_view(f->data(), f->size()));
+		std::string_view text(f->data(), f->size());
+		if (!utf8_valid(text))
+			abort();
+		JsonDoc d = json_parse(text);
 		JsonRef root = json_root(d);
 		if (!root.is_object() || !root.get("type").is_string() ||
 		    !root.get("requestId").is_string() || !root.get("timestamp").is_string())
@@ -135,7 +140,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 		replace_all(frame, "$G", w.group);
 		replace_all(frame, "$D", w.direct);
-		if (c->closing)
+		if (c->closing || !utf8_valid(frame))
 			continue;
 		handle_text(*w.ctx, *c, frame);
 	}

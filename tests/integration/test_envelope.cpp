@@ -170,12 +170,61 @@ static void test_max_message_bytes(void **)
 	assert_int_equal(jnum(st.get(), "closedTooBig"), 2);
 }
 
+// RFC 3629 UTF-8 only: over-long forms, UTF-16 surrogates, code points
+// above U+10FFFF and bytes that never occur close with 1007, wherever they
+// are in the message, fragments included; a character split across two
+// fragments is fine.
 static void test_invalid_utf8_closes(void **state)
 {
 	ServerProcess *s = &shared_server(state);
+	const std::string head = "{\"type\":\"ping\",\"requestId\":\"";
+	const std::string tail = "\"}";
+	const char *const bad[] = {
+		"\xc3\x28",         // a lead byte without its continuation
+		"\xc0\xaf",         // over-long '/', two bytes
+		"\xc1\xbf",         // over-long, two bytes
+		"\xe0\x80\xaf",     // over-long '/', three bytes
+		"\xf0\x80\x80\xaf", // over-long '/', four bytes
+		"\xed\xa0\x80",     // U+D800, a UTF-16 surrogate
+		"\xed\xbf\xbf",     // U+DFFF
+		"\xf4\x90\x80\x80", // U+110000
+		"\xf5\x80\x80\x80", // a lead byte past U+10FFFF
+		"\x80",             // a continuation byte alone
+		"\xfe", "\xff",
+	};
+	for (const char *b : bad) {
+		auto c = ws(*s);
+		assert_true(c->send_text(head + b + tail));
+		expect_close(*c, 1007);
+		// in a later fragment of a message whose first one was fine
+		c = ws(*s);
+		assert_true(c->send_frame(1, head + "fine", false));
+		assert_true(c->send_frame(0, std::string(b) + tail, true));
+		expect_close(*c, 1007);
+	}
+	// A sequence cut short by the end of the message.
+	for (const char *cut : {"\xc3", "\xe2\x82", "\xf0\x9f\x98"}) {
+		auto c = ws(*s);
+		assert_true(c->send_text(head + "x" + tail + cut));
+		expect_close(*c, 1007);
+		// by the end of a fragment, and not continued in the next one
+		c = ws(*s);
+		assert_true(c->send_frame(1, head + cut, false));
+		assert_true(c->send_frame(0, tail, true));
+		expect_close(*c, 1007);
+	}
+	// A character split across fragments is one valid character.
 	auto c = ws(*s);
-	assert_true(c->send_text("{\"type\":\"ping\",\"requestId\":\"\xc3\x28\"}"));
-	expect_close(*c, 1007);
+	assert_true(c->send_frame(1, head + "\xf0\x9f", false));
+	assert_true(c->send_frame(0, "\x98", false));
+	assert_true(c->send_frame(0, "\x80\xe2\x82" , false));
+	assert_true(c->send_frame(0, "\xac" + tail, true));
+	Json j = expect_frame(*c, "pong");
+	assert_str_eq(jstr(j.get(), "requestId"), "\xf0\x9f\x98\x80\xe2\x82\xac");
+	// The largest code point and U+FFFF are characters.
+	assert_true(c->send_text(head + "\xf4\x8f\xbf\xbf\xef\xbf\xbf" + tail));
+	j = expect_frame(*c, "pong");
+	assert_str_eq(jstr(j.get(), "requestId"), "\xf4\x8f\xbf\xbf\xef\xbf\xbf");
 }
 
 int main(void)

@@ -171,6 +171,36 @@ static void test_sub(void **)
 	assert_int_equal(verify(sign(kHs256, "{\"sub\":\"" + s128 + "\"," + exp + "}")), Err::None);
 	assert_int_equal(verify(sign(kHs256, "{\"sub\":\"" + s129 + "\"," + exp + "}")),
 			 Err::InvalidToken);
+	// An id holds no NUL: such a sub is refused, not cut at the NUL.
+	assert_int_equal(verify(sign(kHs256, "{\"sub\":\"user-1\\u0000x\"," + exp + "}")),
+			 Err::InvalidToken);
+	// Control characters are the issuer's business: kept as they are.
+	auto r = verify_jwt(sign(kHs256, "{\"sub\":\"a\\nb\\u001b\"," + exp + "}"), params(), kNow);
+	assert_true(r.ok());
+	assert_str_eq(r->sub, "a\nb\x1b");
+}
+
+// The claims must be UTF-8 (RFC 7519): what is taken from them goes out in
+// text frames.  Raw bytes that are not UTF-8 refuse the token; escapes
+// that would decode to a lone UTF-16 surrogate do too (the parser refuses
+// them).
+static void test_claims_utf8(void **)
+{
+	std::string exp = "\"exp\":" + std::to_string(kNow + 60);
+	assert_int_equal(verify(sign(kHs256, "{\"sub\":\"caf\xc3\xa9\"," + exp + "}")), Err::None);
+	for (const char *bad : {"\xff", "\xc3", "\xc0\xaf", "\xe0\x80\xaf", "\xed\xa0\x80",
+				"\xf4\x90\x80\x80"}) {
+		assert_int_equal(verify(sign(kHs256, "{\"sub\":\"u" + std::string(bad) + "\"," + exp + "}")),
+				 Err::InvalidToken);
+		// in a hint as well: the whole token is refused
+		assert_int_equal(verify(sign(kHs256, claims("\"name\":\"n" + std::string(bad) + "\""))),
+				 Err::InvalidToken);
+	}
+	assert_int_equal(verify(sign(kHs256, claims(R"("name":"\ud800")"))), Err::InvalidToken);
+	// A hint keeps a NUL (it is text, not an id).
+	auto r = verify_jwt(sign(kHs256, claims(R"("name":"a\u0000b")")), params(), kNow);
+	assert_true(r.ok());
+	assert_true(*r->hints.display_name == std::string("a\0b", 3));
 }
 
 static void test_profile_hints(void **)
@@ -200,6 +230,7 @@ int main(void)
 		cmocka_unit_test(test_algorithms),   cmocka_unit_test(test_signature),
 		cmocka_unit_test(test_expiry_and_leeway), cmocka_unit_test(test_audience_issuer),
 		cmocka_unit_test(test_sub),          cmocka_unit_test(test_profile_hints),
+		cmocka_unit_test(test_claims_utf8),
 	};
 	return cmocka_run_group_tests_name("auth", tests, nullptr, nullptr);
 }

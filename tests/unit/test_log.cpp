@@ -21,6 +21,10 @@ static void test_body_json(void **)
 	// surrogate) becomes U+FFFD; valid sequences pass.
 	assert_str_eq(log_body_json("e v=\"\x80 \xc0\xaf \xed\xa0\x80 \xf0\x9f\x98\x80\""),
 		      "\"event\":\"e\",\"v\":\"\\ufffd \\ufffd\\ufffd \\ufffd\\ufffd\\ufffd \xf0\x9f\x98\x80\"");
+	// C1 controls and U+2028/U+2029 are escaped in JSON as well.
+	assert_str_eq(log_body_json("e v=\"\xc2\x9b[2J \xe2\x80\xa8\xe2\x80\xa9\""),
+		      "\"event\":\"e\",\"v\":\"\\u009b[2J \\u2028\\u2029\"");
+	assert_str_eq(log_body_json("e v=" + log_str("\xc2\x9b")), "\"event\":\"e\",\"v\":\"\\u009b\"");
 	// Words that are not key=value are kept as text.
 	assert_str_eq(log_body_json("e a=1 stray words"), "\"event\":\"e\",\"a\":1,\"text\":\"stray words\"");
 	assert_str_eq(log_body_json("k=v"), "\"event\":\"\",\"k\":\"v\"");

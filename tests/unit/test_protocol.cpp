@@ -207,6 +207,74 @@ static void test_json_ref(void **)
 	assert_false(r.get("I").present());
 }
 
+// A "\u0000" inside a string is a NUL byte of it, not its end: every
+// string reads byte-exact, wherever it sits and whatever comes before it.
+static void test_json_nul_bytes(void **)
+{
+	const std::string n(1, '\0');
+	JsonDoc d = json_parse(
+		R"({"q":"a\"b\\","a":"x\u0000y","plain":"p","arr":["\u0000",{"d":"e\u0000\u0000"},"z"],)"
+		R"("mix":"\u00e9\u0000\ud83d\ude00\n","tail":"\u0000"})");
+	assert_non_null(d.get());
+	JsonRef r = json_root(d);
+	assert_true(r.get("q").str() == "a\"b\\");
+	assert_true(r.get("a").str() == "x" + n + "y");
+	assert_true(r.get("plain").str() == "p");
+	assert_true(r.get("arr").items()[0].str() == n);
+	assert_true(r.get("arr").items()[1].get("d").str() == "e" + n + n);
+	assert_true(r.get("arr").items()[2].str() == "z");
+	assert_true(r.get("mix").str() == "\xc3\xa9" + n + "\xf0\x9f\x98\x80\n");
+	assert_true(r.get("tail").str() == n);
+	// A raw NUL byte inside a string is kept as well.
+	d = json_parse(std::string("{\"a\":\"x\0y\"}", 12));
+	assert_true(json_root(d).get("a").str() == "x" + n + "y");
+	// print() keeps it (as \u0000), in names' values at any depth.
+	d = json_parse(R"({"k":["a\u0000b",1.5,true,null,{"m":"\u0000"}]})");
+	assert_str_eq(json_root(d).print(), R"({"k":["a\u0000b",1.5,true,null,{"m":"\u0000"}]})");
+	// A member name with a NUL is refused: names are matched as C
+	// strings, so "type\u0000x" would pass for "type".
+	for (const char *t : {R"({"type\u0000x":"ping"})", R"({"type":"ping","payload":{"a\u0000":1}})",
+			      "{\"a\":[{\"b\\u0000\":2}]}"}) {
+		assert_null(json_parse(t).get());
+	}
+	assert_null(json_parse(std::string("{\"a\0\":1}", 9)).get());
+	// cJSON reads "\uzzzz" as U+0000; it is no escape, and refused.
+	for (const char *t : {R"({"a":"\uzzzz"})", R"({"a":"x\u00zz"})", R"({"a":"\u00\"x"})",
+			      R"({"a":"\ud83d\udezz"})", R"(["\u12"])"})
+		assert_null(json_parse(t).get());
+	assert_null(json_parse(std::string("{\"a\":\"\\ud8\0\0\0\0\0\0\0\0000\"}", 22)).get());
+	// An escaped backslash before "u00zz" is no escape of it.
+	d = json_parse(R"({"a":"\\u00zz","b":"\u0000"})");
+	assert_true(json_root(d).get("a").str() == "\\u00zz");
+	assert_true(json_root(d).get("b").str() == n);
+	// In the envelope: a type with a NUL is no known type; a requestId
+	// with one is echoed whole.
+	Envelope e = parse_envelope(R"({"type":"ping\u0000","requestId":"r\u0000\u0001"})");
+	assert_int_equal(e.error->code, Err::UnknownMessageType);
+	assert_str_eq(e.error->message, "Unknown message type: ping\\x00");
+	assert_true(*e.request_id == "r" + n + "\x01");
+	FramePtr f = build_error(*e.error, e.request_id);
+	assert_true(text_of(f).find(R"("requestId":"r\u0000\u0001")") != std::string::npos);
+	e = parse_envelope(R"({"type\u0000":"auth"})");
+	assert_int_equal(e.error->code, Err::InvalidMessage);
+}
+
+// "\ud800" alone is no character: the parser refuses it (so no string
+// ever holds a surrogate encoded in UTF-8); a proper pair is one code
+// point.
+static void test_json_surrogates(void **)
+{
+	for (const char *t : {R"({"a":"\ud800"})", R"({"a":"\udc00"})", R"({"a":"\udbff\u0041"})",
+			      R"({"a":"\ud800x"})", R"({"a":"x\udfff"})", R"({"a":"\ud800\ud800"})"})
+		assert_null(json_parse(t).get());
+	JsonDoc d = json_parse(R"({"a":"\ud83d\ude00","b":"\uDBFF\uDFFF"})");
+	assert_true(json_root(d).get("a").str() == "\xf0\x9f\x98\x80");
+	assert_true(json_root(d).get("b").str() == "\xf4\x8f\xbf\xbf");
+	Envelope e = parse_envelope(R"({"type":"ping","requestId":"\ud800"})");
+	assert_int_equal(e.error->code, Err::InvalidMessage);
+	assert_false(e.request_id.has_value());
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -215,6 +283,7 @@ int main(void)
 		cmocka_unit_test(test_request_id),     cmocka_unit_test(test_frame_layout),
 		cmocka_unit_test(test_error_frame),    cmocka_unit_test(test_writer_escapes),
 		cmocka_unit_test(test_json_ref),       cmocka_unit_test(test_ws_text_header),
+		cmocka_unit_test(test_json_nul_bytes), cmocka_unit_test(test_json_surrogates),
 	};
 	return cmocka_run_group_tests_name("protocol", tests, nullptr, nullptr);
 }

@@ -128,6 +128,11 @@ static void test_users(void **state)
 	assert_str_eq(**missing, "nobody");
 	assert_false(s.first_unknown_user({"b"})->has_value());
 	assert_false(s.get_user("nobody")->has_value());
+	// The default name takes 8 characters of the id, not 8 bytes: a
+	// sequence cut in two would not be UTF-8.
+	u = s.upsert_user("a\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9", ProfileHints{});
+	assert_str_eq(u->username, "user_a\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9");
+	assert_true(utf8_valid(u->username));
 }
 
 static void test_conversations(void **state)
@@ -175,6 +180,40 @@ static void test_direct_created_once(void **state)
 	assert_false(again->created);
 	assert_str_eq(again->id, first->id);
 	assert_int_equal(s.conversations("a")->size(), 1);
+}
+
+// User ids are token subs and may hold a newline: no two pairs of users
+// share a direct conversation because of it.
+static void test_direct_key_unambiguous(void **state)
+{
+	Store &s = store(state);
+	users(s, {"a", "b\nc", "a\nb", "c", "p\\n", "p\n", "q"});
+	auto direct = [&](const std::string &creator, const std::string &other) {
+		NewConversation c;
+		c.id = uuid_v7();
+		c.type = "direct";
+		c.creator = creator;
+		c.members = {other};
+		c.now = now_ms();
+		auto r = s.create_conversation(c);
+		assert_true(r.ok());
+		return std::move(*r);
+	};
+	auto first = direct("a", "b\nc");
+	auto second = direct("a\nb", "c");
+	assert_true(second.created);
+	assert_true(second.id != first.id);
+	assert_false(*s.is_participant(first.id, "a\nb"));
+	assert_false(*s.is_participant(first.id, "c"));
+	// A backslash is escaped too, or "p\\n" (backslash, n) would key as
+	// "p\n" (a newline) does.
+	auto third = direct("p\\n", "q");
+	auto fourth = direct("p\n", "q");
+	assert_true(fourth.created);
+	assert_true(fourth.id != third.id);
+	// and the same pair still finds its conversation
+	assert_false(direct("b\nc", "a").created);
+	assert_str_eq(direct("c", "a\nb").id, second.id);
 }
 
 static void test_seq_and_idempotency(void **state)
@@ -448,6 +487,7 @@ static int run_all(const char *name)
 		cmocka_unit_test_setup_teardown(test_users, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_conversations, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_direct_created_once, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_direct_key_unambiguous, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_seq_and_idempotency, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pages_120_both_ways, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_read_marks, setup, teardown),

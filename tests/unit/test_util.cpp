@@ -1,4 +1,5 @@
 // util: ids, timestamps, base64url, durations, sizes, addresses, escaping.
+#include <cstdio>
 #include <set>
 
 #include "cmocka.hpp"
@@ -143,6 +144,65 @@ static void test_escape(void **)
 	assert_int_equal(utf8_length("\xc3\xa9t\xc3\xa9"), 3);
 }
 
+// What a log line must never carry raw: every C0 control, DEL, the C1
+// controls (U+0080..U+009F: U+009B is a CSI), the Unicode line and
+// paragraph separators, and bytes that are not UTF-8.
+static void test_escape_controls(void **)
+{
+	for (int c = 0; c < 0x20; c++) {
+		char want[8];
+		snprintf(want, sizeof want, "\\x%02x", c);
+		assert_str_eq(escape_text(std::string(1, static_cast<char>(c))), want);
+	}
+	assert_true(escape_text(std::string("a\0b", 3)) == "a\\x00b");
+	assert_str_eq(escape_text("x\x1b[31mred\r\n2026-01-01 info forged\x7f"),
+		      "x\\x1b[31mred\\x0d\\x0a2026-01-01 info forged\\x7f");
+	assert_str_eq(escape_text("\xc2\x9b" "31m \xc2\x85 \xc2\xa0"), "\\xc2\\x9b" "31m \\xc2\\x85 \xc2\xa0");
+	assert_str_eq(escape_text("a\xe2\x80\xa8" "b\xe2\x80\xa9" "c"), "a\\xe2\\x80\\xa8" "b\\xe2\\x80\\xa9" "c");
+	// Bytes that are not UTF-8, one by one; valid text around them is kept.
+	assert_str_eq(escape_text("\xff\xc3(\xc3\xa9\xc0\xaf\xed\xa0\x80\xf4\x90\x80\x80\xe2\x82"),
+		      "\\xff\\xc3(\xc3\xa9\\xc0\\xaf\\xed\\xa0\\x80\\xf4\\x90\\x80\\x80\\xe2\\x82");
+	// Non-ASCII text, emoji included, passes unchanged.
+	assert_str_eq(escape_text("\xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80"),
+		      "\xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80");
+	// Whatever goes in, what comes out is printable ASCII or valid UTF-8.
+	std::string all;
+	for (int c = 0; c < 256; c++)
+		all.push_back(static_cast<char>(c));
+	std::string out = escape_text(all, all.size());
+	assert_true(utf8_valid(out));
+	for (unsigned char c : out)
+		assert_true(c >= 0x20 && c != 0x7f);
+}
+
+static void test_utf8(void **)
+{
+	assert_true(utf8_valid(""));
+	assert_true(utf8_valid("plain \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xf4\x8f\xbf\xbf"));
+	assert_true(utf8_valid(std::string("a\0b", 3)));
+	for (const char *bad : {
+		     "\x80",             // a continuation byte alone
+		     "\xc0\xaf",         // over-long '/'
+		     "\xc1\xbf",         // over-long
+		     "\xe0\x80\xaf",     // over-long '/'
+		     "\xf0\x80\x80\xaf", // over-long '/'
+		     "\xed\xa0\x80",     // U+D800, a UTF-16 surrogate
+		     "\xed\xbf\xbf",     // U+DFFF
+		     "\xf4\x90\x80\x80", // U+110000
+		     "\xf5\x80\x80\x80", "\xfe", "\xff",
+		     "\xc3",             // truncated at the end
+		     "\xe2\x82", "\xf0\x9f\x98",
+		     "\xc3(",            // a lead byte without its continuation
+	     }) {
+		assert_false(utf8_valid(bad));
+		assert_false(utf8_valid(std::string("ok ") + bad + " ok"));
+	}
+	// A prefix is cut at code points, never inside a sequence.
+	assert_str_eq(utf8_prefix("\xc3\xa9\xc3\xa9\xc3\xa9", 2), "\xc3\xa9\xc3\xa9");
+	assert_str_eq(utf8_prefix("a\xf0\x9f\x98\x80" "bcdefghij", 8), "a\xf0\x9f\x98\x80" "bcdefg");
+	assert_str_eq(utf8_prefix("short", 8), "short");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -150,7 +210,8 @@ int main(void)
 		cmocka_unit_test(test_uuid_v7_ordered), cmocka_unit_test(test_base64url),
 		cmocka_unit_test(test_durations), cmocka_unit_test(test_sizes),
 		cmocka_unit_test(test_lists),     cmocka_unit_test(test_cidr),
-		cmocka_unit_test(test_escape),
+		cmocka_unit_test(test_escape),    cmocka_unit_test(test_escape_controls),
+		cmocka_unit_test(test_utf8),
 	};
 	return cmocka_run_group_tests_name("util", tests, nullptr, nullptr);
 }

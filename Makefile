@@ -8,6 +8,7 @@
 #   make install              PREFIX=/usr/local, DESTDIR for staging
 #   make dist                 build/qryptchatd-VERSION.tar.gz from git HEAD
 #   make SANITIZE=address,undefined test
+#   make soak                 the soak test alone for SOAK_SECONDS (600) s
 #   make fuzz                 run each libFuzzer target FUZZ_SECONDS (60) s
 #   make bench                build the benchmark tools (bench/README.md)
 #   make bench-peers          install the Node + ws comparison server
@@ -94,7 +95,7 @@ FUZZ_SECONDS ?= 60
 REPLAY_BINS := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz/replay_%)
 FUZZ_BINS := $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 
-.PHONY: all test unit integration run install uninstall clean lint help bench bench-peers \
+.PHONY: all test unit integration soak run install uninstall clean lint help bench bench-peers \
 	fuzz fuzzers dist test-web test-browser deps-browser FORCE
 
 all: $(BUILD)/qryptchatd $(BUILD)/libqryptchat.a
@@ -194,6 +195,13 @@ fuzzers: $(FUZZ_BINS)
 
 integration: all $(INTEG_BINS) $(FAULTFS)
 	@QRYPTCHATD=$(BUILD)/qryptchatd $(TEST_ENV) scripts/run-tests $(INTEG_BINS)
+
+# The soak test alone, for longer than in `make test` (which runs it for
+# its default of 20 s); with SANITIZE, a leak report fails it as there.
+SOAK_SECONDS ?= 600
+soak: all $(BUILD)/tests/integration/test_soak
+	@QRYPTCHATD=$(BUILD)/qryptchatd SOAK_SECONDS=$(SOAK_SECONDS) $(TEST_ENV) \
+		scripts/run-tests $(BUILD)/tests/integration/test_soak
 
 # Benchmark tools (never part of `make test`); bench/README.md says how to
 # run them.

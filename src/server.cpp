@@ -64,6 +64,10 @@ constexpr lws_usec_t kLwsTickUs = 100 * LWS_US_PER_MS;
 // How long a shutdown waits for close handshakes before it cuts the rest.
 constexpr ev_tstamp kShutdownGraceS = 0.5;
 
+// The table of client addresses is swept once it holds this many, and
+// then whenever it has doubled since the last sweep (see sweep_per_ip).
+constexpr size_t kPerIpSweepMin = 1024;
+
 // The upgrade is refused with this HTTP status.
 struct Refusal {
 	unsigned int status;
@@ -157,6 +161,8 @@ struct Server::Impl final : public Host, public DeliverySink {
 		TokenBucket rate;
 	};
 	std::unordered_map<std::string, PerIp> per_ip;
+	size_t per_ip_sweep_at = kPerIpSweepMin;
+	void sweep_per_ip(int64_t now_us);
 
 	// An upgrade between FILTER_PROTOCOL_CONNECTION and ESTABLISHED (the
 	// two happen in one call; nothing else runs in between).
@@ -598,12 +604,35 @@ bool Server::Impl::admin_allowed(lws *wsi)
 	return ip && cidr_list_contains(cfg.admin_allow, *ip);
 }
 
+// Forgets the addresses that have nothing to remember: no open connection,
+// and a new-connection bucket that has refilled (a new entry starts full).
+// Without it the table would keep every address ever seen, refused ones
+// included.  Run when the table has doubled since the last sweep, it keeps
+// the table within twice the addresses connected or seen within a refill
+// time, at an amortised cost of O(1) per upgrade.
+void Server::Impl::sweep_per_ip(int64_t now_us)
+{
+	const auto n = static_cast<double>(cfg.connection_rate_per_ip);
+	for (auto it = per_ip.begin(); it != per_ip.end();) {
+		const TokenBucket &b = it->second.rate;
+		bool full = n <= 0 || b.tokens < 0 ||
+			    b.tokens + static_cast<double>(now_us - b.last_us) / 1e6 * n / 60.0 >= n;
+		if (it->second.open <= 0 && full)
+			it = per_ip.erase(it);
+		else
+			++it;
+	}
+	per_ip_sweep_at = std::max(kPerIpSweepMin, 2 * per_ip.size());
+}
+
 std::optional<Refusal> Server::Impl::check_limits(const std::string &ip)
 {
 	if (static_cast<int64_t>(sessions.size()) >= cfg.max_connections) {
 		stats.refused_max_connections++;
 		return Refusal{503, "server is at max_connections"};
 	}
+	if (per_ip.size() >= per_ip_sweep_at)
+		sweep_per_ip(mono_us());
 	PerIp &p = per_ip[ip];
 	if (p.open >= cfg.max_connections_per_ip) {
 		stats.refused_per_ip++;

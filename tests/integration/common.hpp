@@ -23,6 +23,20 @@ extern "C" {
 
 namespace qc::test {
 
+// Built with AddressSanitizer (make SANITIZE=address...): then so is the
+// server, and its RSS says more about ASan than about the server.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kUnderAsan = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kUnderAsan = true;
+#else
+constexpr bool kUnderAsan = false;
+#endif
+#else
+constexpr bool kUnderAsan = false;
+#endif
+
 inline std::unique_ptr<ServerProcess> start_server(
 	std::vector<std::pair<std::string, std::string>> config = {})
 {

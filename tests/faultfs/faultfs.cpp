@@ -47,7 +47,8 @@ int fault_for(int fd, const char *path)
 	if (!path) {
 		char link[64];
 		snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-		long len = syscall(SYS_readlink, link, target, sizeof target - 1);
+		// readlinkat: arm64 has no readlink system call.
+		long len = syscall(SYS_readlinkat, AT_FDCWD, link, target, sizeof target - 1);
 		if (len <= 0)
 			return 0;
 		target[len] = '\0';

@@ -212,13 +212,59 @@ std::vector<char *> c_array(std::vector<std::string> &v)
 	::_exit(127);
 }
 
-// Forks and execs server_binary() with `args` (argv[0] is added).
+// `name` if it contains a slash, else its first executable match in $PATH
+// (resolved before the fork: the child only calls execve).  `name` itself
+// when nothing matches, so that the child's error names it.
+std::string find_program(const std::string &name)
+{
+	if (name.find('/') != std::string::npos)
+		return name;
+	const char *path = std::getenv("PATH");
+	std::string dirs = path && *path ? path : "/usr/local/bin:/usr/bin:/bin";
+	size_t start = 0;
+	for (;;) {
+		size_t colon = dirs.find(':', start);
+		std::string dir = dirs.substr(start, colon == std::string::npos ? colon : colon - start);
+		std::string candidate = (dir.empty() ? "." : dir) + "/" + name;
+		if (::access(candidate.c_str(), X_OK) == 0)
+			return candidate;
+		if (colon == std::string::npos)
+			return name;
+		start = colon + 1;
+	}
+}
+
+// The words of $QRYPTCHATD_WRAPPER, split at blanks: a program (and its
+// options) that runs the server binary, e.g. "qemu-aarch64-static" for an
+// arm64 build on another machine.  Empty when unset.
+std::vector<std::string> wrapper_words()
+{
+	std::vector<std::string> words;
+	const char *w = std::getenv("QRYPTCHATD_WRAPPER");
+	std::string s = w ? w : "";
+	size_t i = 0;
+	while (i < s.size()) {
+		size_t start = s.find_first_not_of(" \t", i);
+		if (start == std::string::npos)
+			break;
+		size_t end = s.find_first_of(" \t", start);
+		words.push_back(s.substr(start, end == std::string::npos ? end : end - start));
+		i = end == std::string::npos ? s.size() : end;
+	}
+	return words;
+}
+
+// Forks and execs server_binary() with `args` (argv[0] is added), through
+// the wrapper when $QRYPTCHATD_WRAPPER names one: the pid is then the
+// wrapper's, which for qemu-user is the emulated server itself.
 // Returns the pid, -1 if fork failed.
 pid_t spawn(const std::vector<std::string> &args, const Env &env, int in, int out, int err)
 {
 	std::string path = server_binary();
-	std::vector<std::string> argv_s;
-	argv_s.push_back(path);
+	std::vector<std::string> argv_s = wrapper_words();
+	if (!argv_s.empty())
+		path = find_program(argv_s[0]);
+	argv_s.push_back(server_binary());
 	argv_s.insert(argv_s.end(), args.begin(), args.end());
 	std::vector<std::string> env_s = child_env(env);
 	std::vector<char *> argv = c_array(argv_s);

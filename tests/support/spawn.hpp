@@ -18,6 +18,9 @@ namespace qc::test {
 extern const char *const kTestSecret;
 
 // Path of the binary under test: $QRYPTCHATD if set, else "build/qryptchatd".
+// ServerProcess and run_binary start it through $QRYPTCHATD_WRAPPER when
+// that is set (a program and its options, split at blanks), e.g.
+// "qemu-aarch64-static" to run an arm64 build on an x86-64 machine.
 std::string server_binary();
 
 struct ServerOptions {

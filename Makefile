@@ -11,6 +11,9 @@
 #   make soak                 the soak test alone for SOAK_SECONDS (600) s
 #   make fuzz                 run each libFuzzer target FUZZ_SECONDS (60) s
 #   make bench                build the benchmark tools (bench/README.md)
+#   make CROSS=aarch64-linux-gnu   arm64 build in build/arm64 (Raspberry Pi)
+#   make test-arm64           arm64 unit and integration tests under qemu
+#   make test-arm64-unit      arm64 unit tests only under qemu
 #   make bench-peers          install the Node + ws comparison server
 #   make lint                 mandoc -Tlint on the man pages
 #   make clean
@@ -28,9 +31,35 @@ CXXFLAGS ?= -O2 -g
 LDFLAGS  ?=
 SANITIZE ?=
 
+PKG_CONFIG ?= pkg-config
+DEPS := scripts/deps
+
 # Sanitized objects live apart so that both builds can coexist.  FUZZ=1
 # is the libFuzzer build (clang, ASan and UBSan), used by `make fuzz`.
-ifneq ($(FUZZ),)
+# CROSS=aarch64-linux-gnu is the arm64 build (build/arm64) with Debian's
+# cross compiler and Debian's arm64 libraries (multiarch, installed by
+# scripts/deps --arm64); its tests run under qemu-aarch64-static.
+ifneq ($(CROSS),)
+ifneq ($(CROSS),aarch64-linux-gnu)
+$(error CROSS=$(CROSS): only CROSS=aarch64-linux-gnu is supported)
+endif
+ifneq ($(SANITIZE)$(FUZZ),)
+$(error CROSS does not combine with SANITIZE or FUZZ)
+endif
+BUILD := build/arm64
+CXX := $(CROSS)-g++
+AR := $(CROSS)-ar
+PKG_CONFIG := PKG_CONFIG_PATH= PKG_CONFIG_LIBDIR=/usr/lib/$(CROSS)/pkgconfig:/usr/share/pkgconfig \
+	pkg-config
+DEPS := scripts/deps --arm64
+# Runs arm64 programs here: the test binaries, and the servers that the
+# integration tests start (QRYPTCHATD_WRAPPER, tests/support/spawn.cpp).
+# The arm64 loader and libraries are where multiarch puts them
+# (/lib/ld-linux-aarch64.so.1, /usr/lib/aarch64-linux-gnu), so qemu needs
+# no -L prefix and no binfmt_misc registration.
+EMULATOR ?= qemu-aarch64-static
+TEST_ENV = QRYPTCHATD_WRAPPER="$(EMULATOR)"
+else ifneq ($(FUZZ),)
 BUILD := build/fuzz
 CXX := clang++
 SANFLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer \
@@ -46,16 +75,26 @@ endif
 # root) or says exactly what to install.  Not needed to clean.
 NODEPS_GOALS := clean help uninstall bench-peers deps-browser
 ifneq ($(filter-out $(NODEPS_GOALS),$(or $(MAKECMDGOALS),all)),)
-DEPS_STATUS := $(shell scripts/deps >&2; echo $$?)
+DEPS_STATUS := $(shell $(DEPS) >&2; echo $$?)
 ifneq ($(DEPS_STATUS),0)
 $(error build dependencies are missing, see above)
 endif
 endif
 
 PKGS       := libwebsockets libcjson openssl sqlite3
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lev
-CMOCKA     := $(shell pkg-config --libs cmocka 2>/dev/null)
+# Debian 12's libwebsockets-dev is not co-installable for two architectures
+# (lws_config.h differs in LWS_INSTALL_LIBDIR only), so without its arm64
+# .pc file the arm64 build uses the native headers (on the cross compiler's
+# include path) and links the arm64 library by its file name.
+ifneq ($(CROSS),)
+ifeq ($(shell $(PKG_CONFIG) --exists libwebsockets && echo yes),)
+PKGS       := libcjson openssl sqlite3
+LWS_LIBS   := -l:libwebsockets.so.17
+endif
+endif
+PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null) $(LWS_LIBS) -lev
+CMOCKA     := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null)
 
 WARN := -Wall -Wextra -Wpedantic -Wshadow -Wformat=2 -Wnon-virtual-dtor \
 	-Wnull-dereference -Wimplicit-fallthrough -Wundef -Wcast-qual -Wmissing-declarations
@@ -96,19 +135,19 @@ REPLAY_BINS := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz/replay_%)
 FUZZ_BINS := $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 
 .PHONY: all test unit integration soak run install uninstall clean lint help bench bench-peers \
-	fuzz fuzzers dist test-web test-browser deps-browser FORCE
+	fuzz fuzzers dist test-web test-browser deps-browser test-arm64 test-arm64-unit FORCE
 
 all: $(BUILD)/qryptchatd $(BUILD)/libqryptchat.a
 
 help:
-	@sed -n '3,16p' Makefile
+	@sed -n '3,19p' Makefile
 
 $(BUILD)/qryptchatd: $(MAIN_OBJ) $(BUILD)/libqryptchat.a
 	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
 $(BUILD)/libqryptchat.a: $(LIB_OBJS)
 	@rm -f $@
-	ar rcs $@ $^
+	$(AR) rcs $@ $^
 
 $(BUILD)/%.o: %.cpp
 	@mkdir -p $(dir $@)
@@ -202,6 +241,38 @@ SOAK_SECONDS ?= 600
 soak: all $(BUILD)/tests/integration/test_soak
 	@QRYPTCHATD=$(BUILD)/qryptchatd SOAK_SECONDS=$(SOAK_SECONDS) $(TEST_ENV) \
 		scripts/run-tests $(BUILD)/tests/integration/test_soak
+
+# The arm64 build's tests, each binary and each server it starts run by
+# qemu-aarch64-static on this machine (make test-arm64 is the same as
+# make CROSS=aarch64-linux-gnu test-arm64): the unit tests, the fuzz
+# corpus replays, every integration test (the fault injector is built for
+# arm64 and preloaded into the emulated server; test_disk_full's mount
+# namespace works as root) and examples/embed.  Not run: lint, the fuzzers,
+# scripts/test-install (make install of the native build), scripts/test-web
+# and scripts/test-browser (Node starts the server itself, without the
+# emulator).
+# Integration tests that cannot run under emulation are listed here, each
+# with its reason; none is now.
+ARM64_SKIP :=
+ifneq ($(CROSS),)
+ARM64_INTEG_BINS := $(filter-out $(ARM64_SKIP:%=$(BUILD)/tests/integration/%),$(INTEG_BINS))
+
+test-arm64: all $(UNIT_BINS) $(REPLAY_BINS) $(ARM64_INTEG_BINS) $(FAULTFS) $(EXAMPLE_BINS)
+	@QRYPTCHATD=$(BUILD)/qryptchatd $(TEST_ENV) \
+		scripts/run-tests $(UNIT_BINS) $(REPLAY_BINS) $(ARM64_INTEG_BINS) $(EXAMPLE_BINS)
+
+test-arm64-unit: $(UNIT_BINS) $(REPLAY_BINS)
+	@$(TEST_ENV) scripts/run-tests $(UNIT_BINS) $(REPLAY_BINS)
+
+# `make test` also installs and runs the web tests, which are the native
+# build's; the arm64 build has test-arm64.
+ifneq ($(filter test,$(MAKECMDGOALS)),)
+$(error make CROSS=$(CROSS) test: run make test-arm64)
+endif
+else
+test-arm64 test-arm64-unit:
+	@$(MAKE) --no-print-directory CROSS=aarch64-linux-gnu $@
+endif
 
 # Benchmark tools (never part of `make test`); bench/README.md says how to
 # run them.

@@ -1118,7 +1118,12 @@ static void test_soak(void **)
 	if (end.fds != base.fds)
 		fail_msg("descriptors at the baseline:\n%safter the run:\n%s", joined(base.fds).c_str(),
 			 joined(end.fds).c_str());
-	if (!kUnderAsan && (end.rss_kb > base.rss_kb * 11 / 10 || end.rss_kb < base.rss_kb * 9 / 10))
+	// Under an emulator (make test-arm64) the RSS is mostly qemu's own,
+	// its translation cache growing as new code paths run: not asserted.
+	const char *wrapper = std::getenv("QRYPTCHATD_WRAPPER");
+	bool emulated = wrapper && *wrapper;
+	if (!kUnderAsan && !emulated &&
+	    (end.rss_kb > base.rss_kb * 11 / 10 || end.rss_kb < base.rss_kb * 9 / 10))
 		fail_msg("RSS %ld kB after the run, %ld kB at the baseline: more than 10 %% apart",
 			 end.rss_kb, base.rss_kb);
 

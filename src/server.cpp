@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -145,6 +146,7 @@ struct Server::Impl final : public Host, public DeliverySink {
 					   // and the stats snapshot
 	mutable std::mutex snapshot_mu;    // guards snapshot, read by other threads (embedding)
 	std::string snapshot;              // render_stats() of the last second
+	std::atomic<bool> snapshot_wanted{false}; // stats_json() was called: keep snapshot fresh
 	// lws 4.1.6's libev glue re-arms its timer with ev_timer_set() on a
 	// watcher that may still be active, which libev ignores: a timer added
 	// earlier than the armed one (a ping, a close handshake timeout) then
@@ -1331,6 +1333,12 @@ void Server::Impl::on_change_timer(struct ev_loop *l, ev_timer *, int) noexcept
 	auto *self = static_cast<Impl *>(ev_userdata(l));
 	if (self->store->changed_by_others())
 		handle_external_change(*self->ctx);
+	// A degraded store tries its probe write (Store::healthy); the /stats
+	// snapshot costs O(online users), so it is kept only for an embedder
+	// that has asked for it.
+	self->store->healthy();
+	if (!self->snapshot_wanted.load(std::memory_order_relaxed))
+		return;
 	std::string s = self->render_stats();
 	std::lock_guard<std::mutex> lock(self->snapshot_mu);
 	self->snapshot.swap(s);
@@ -1527,6 +1535,7 @@ int Server::port() const { return impl_->bound_port; }
 
 std::string Server::stats_json() const
 {
+	impl_->snapshot_wanted.store(true, std::memory_order_relaxed);
 	std::lock_guard<std::mutex> lock(impl_->snapshot_mu);
 	return impl_->snapshot;
 }

@@ -39,7 +39,8 @@ public:
 	void request_reload();
 	// The bound port (useful with port 0).
 	int port() const;
-	// The /stats JSON as of at most a second ago.  Safe from any thread.
+	// The /stats JSON: the first call gets the one taken at start-up, and
+	// from then on it is at most a second old.  Safe from any thread.
 	std::string stats_json() const;
 
 private:

@@ -12,6 +12,7 @@ extern "C" {
 // clang-format on
 
 #include <poll.h>
+#include <sqlite3.h>
 
 #include <csignal>
 #include <string>
@@ -80,6 +81,19 @@ inline void wait_connections(const ServerProcess &s, int want)
 		n = stat_of(s, "totalConnections");
 	}
 	assert_int_equal(n, want);
+}
+
+// PRAGMA integrity_check of a database file (opened read-only) is "ok".
+inline void expect_integrity_ok(const std::string &db_path)
+{
+	sqlite3 *db = nullptr;
+	assert_int_equal(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
+	sqlite3_stmt *st = nullptr;
+	assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, nullptr), SQLITE_OK);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	assert_string_equal(reinterpret_cast<const char *>(sqlite3_column_text(st, 0)), "ok");
+	sqlite3_finalize(st);
+	sqlite3_close(db);
 }
 
 // A cmocka group fixture: one server with the defaults for every test of

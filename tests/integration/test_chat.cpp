@@ -1289,18 +1289,6 @@ static void test_restart_keeps_everything(void **)
 	assert_int_equal(jnum(next.get(), "payload.message.seq"), 32);
 }
 
-static void expect_integrity_ok(const std::string &db_path)
-{
-	sqlite3 *db = nullptr;
-	assert_int_equal(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
-	sqlite3_stmt *st = nullptr;
-	assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, nullptr), SQLITE_OK);
-	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-	assert_str_eq(reinterpret_cast<const char *>(sqlite3_column_text(st, 0)), "ok");
-	sqlite3_finalize(st);
-	sqlite3_close(db);
-}
-
 // kill -9 at a random moment while several clients send, `rounds` times
 // over on one database: after each restart the database passes
 // PRAGMA integrity_check, and at the end every message that got a

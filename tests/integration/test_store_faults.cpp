@@ -116,18 +116,6 @@ void wait_health(const ServerProcess &s, int want_code, const std::string &want)
 	fail_msg("/health: %d %s, want %d %s", h.first, h.second.c_str(), want_code, want.c_str());
 }
 
-void expect_integrity_ok(const std::string &db_path)
-{
-	sqlite3 *db = nullptr;
-	assert_int_equal(sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr), SQLITE_OK);
-	sqlite3_stmt *st = nullptr;
-	assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, nullptr), SQLITE_OK);
-	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-	assert_str_eq(reinterpret_cast<const char *>(sqlite3_column_text(st, 0)), "ok");
-	sqlite3_finalize(st);
-	sqlite3_close(db);
-}
-
 // The fault is on: every write fails, reads and a known user's new login
 // work, /health is degraded.  Then `clear` ends the fault, and the server
 // recovers without any client writing.

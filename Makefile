@@ -81,18 +81,21 @@ $(error build dependencies are missing, see above)
 endif
 endif
 
-PKGS       := libwebsockets libcjson openssl sqlite3
+PKGS       := libwebsockets libcjson openssl sqlite3 libpq hiredis
 # Debian 12's libwebsockets-dev is not co-installable for two architectures
 # (lws_config.h differs in LWS_INSTALL_LIBDIR only), so without its arm64
 # .pc file the arm64 build uses the native headers (on the cross compiler's
 # include path) and links the arm64 library by its file name.
+# libpq-dev is not co-installable either; its headers are the same for
+# both architectures, and libpq5:arm64 provides the library.
 ifneq ($(CROSS),)
 ifeq ($(shell $(PKG_CONFIG) --exists libwebsockets && echo yes),)
-PKGS       := libcjson openssl sqlite3
-LWS_LIBS   := -l:libwebsockets.so.17
+PKGS       := libcjson openssl sqlite3 hiredis
+LWS_LIBS   := -l:libwebsockets.so.17 -l:libpq.so.5
+PKG_XFLAGS := -I/usr/include/postgresql
 endif
 endif
-PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
+PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null) $(PKG_XFLAGS)
 PKG_LIBS   := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null) $(LWS_LIBS) -lev
 CMOCKA     := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null)
 
@@ -113,6 +116,9 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.cpp)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.cpp=$(BUILD)/tests/unit/%)
 FAKE_OBJS := $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard tests/unit/fakes/*.cpp))
 SUPPORT_OBJS := $(patsubst %.cpp,$(BUILD)/%.o,$(filter-out tests/support/selftest.cpp,$(wildcard tests/support/*.cpp)))
+# Private PostgreSQL and Redis servers for the tests that need them
+# (tests/engines/engines.hpp); linked into unit and integration tests.
+ENGINE_OBJS := $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard tests/engines/*.cpp))
 INTEG_SRCS := $(wildcard tests/integration/test_*.cpp)
 INTEG_BINS := $(INTEG_SRCS:tests/integration/%.cpp=$(BUILD)/tests/integration/%)
 
@@ -171,10 +177,10 @@ $(BUILD)/gen/version.h: FORCE
 $(MAIN_OBJ): $(BUILD)/gen/version.h
 $(MAIN_OBJ): QC_CXXFLAGS += -include $(BUILD)/gen/version.h
 
-$(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.o $(FAKE_OBJS) $(BUILD)/libqryptchat.a
+$(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.o $(FAKE_OBJS) $(ENGINE_OBJS) $(BUILD)/libqryptchat.a
 	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS) $(CMOCKA)
 
-$(BUILD)/tests/integration/%: $(BUILD)/tests/integration/%.o $(SUPPORT_OBJS)
+$(BUILD)/tests/integration/%: $(BUILD)/tests/integration/%.o $(SUPPORT_OBJS) $(ENGINE_OBJS)
 	$(CXX) $(QC_LDFLAGS) -o $@ $^ $(PKG_LIBS) $(CMOCKA)
 
 # The fault injector that test_store_faults preloads into the server; not

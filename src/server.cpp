@@ -88,14 +88,14 @@ bool write_ready_file(const std::string &path, int port)
 
 } // namespace
 
-struct Server::Impl final : public Host, public DeliverySink {
+struct Server::Impl final : public Host, public DeliverySink, public ClusterListener {
 	ServerSetup setup;
 	Config &cfg = setup.cfg;
 	AuthParams auth;
 	Stats stats;
 	RoomTable rooms;
 	std::unique_ptr<Store> store;
-	std::unique_ptr<LocalBroker> broker;
+	std::unique_ptr<Broker> broker;
 	std::unique_ptr<Ctx> ctx;
 
 	struct ev_loop *loop = nullptr;
@@ -184,6 +184,12 @@ struct Server::Impl final : public Host, public DeliverySink {
 	Status check_tls_files();
 	void reload_tls();
 	void apply_runtime_config();
+
+	// ClusterListener
+	void presence_changed(const std::string &user, bool online) override
+	{
+		handle_presence_changed(*ctx, user, online);
+	}
 
 	// Host and DeliverySink
 	void send(SessionId s, const FramePtr &f) override { deliver(s, f); }
@@ -481,7 +487,7 @@ Status Server::Impl::init()
 		else
 			QC_WARN("web_root_unavailable reason=%s", log_str(root.error().message).c_str());
 	}
-	broker = std::make_unique<LocalBroker>(rooms, *this);
+	broker = std::make_unique<LocalBroker>(rooms, *this, *this);
 	ctx = std::make_unique<Ctx>(Ctx{*store, rooms, *broker, stats, cfg, auth, *this});
 
 	loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);

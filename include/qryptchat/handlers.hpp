@@ -81,6 +81,19 @@ void handle_binary(Ctx &ctx, Caller &c);
 void handle_upgrade_auth(Ctx &ctx, Caller &c, const Claims &claims);
 // The socket closed: leaves its rooms, ends its typing, presence.
 void handle_close(Ctx &ctx, Caller &c);
+// The broker found that `user` came online or went offline across the
+// cluster (ClusterListener): pushes user_online / user_offline.
+void handle_presence_changed(Ctx &ctx, const std::string &user, bool online);
+// A ClusterListener that calls handle_presence_changed, for a broker built
+// before the Ctx it needs (set `ctx` once it exists).
+struct PresencePusher final : public ClusterListener {
+	Ctx *ctx = nullptr;
+	void presence_changed(const std::string &user, bool online) override
+	{
+		if (ctx)
+			handle_presence_changed(*ctx, user, online);
+	}
+};
 // Typing deadlines ≤ now_us passed: pushes the stops.
 void handle_typing_expiry(Ctx &ctx, int64_t now_us);
 // The socket's token expired (deadline reached): close or refuse.

@@ -132,7 +132,7 @@ Status handle_create_conversation(Ctx &ctx, Caller &c, const Request &r)
 		return store_error(ctx, created.error());
 	const ConversationView &view = created->view;
 
-	ctx.rooms.join(c.id, created->id);
+	join_room(ctx, c.id, created->id);
 	ctx.host.send(c.id, conversation_frame("conversation_created", r.reply_id, view, c.user_id));
 	if (!created->created)
 		return ok_status(); // an existing direct conversation: nothing is pushed
@@ -141,13 +141,15 @@ Status handle_create_conversation(Ctx &ctx, Caller &c, const Request &r)
 	QC_INFO("conversation_created id=%s type=%s by=%s participants=%zu", created->id.c_str(),
 		spec->type.c_str(), log_str(c.user_id).c_str(), spec->others.size() + 1);
 	// Every other authenticated socket of every participant, the creator's
-	// other devices included, gets the conversation as its user sees it.
+	// other devices included, on every node, gets the conversation as its
+	// user sees it.
 	std::string push_id = uuid_v4();
 	std::vector<std::string> users = spec->others;
 	users.push_back(c.user_id);
 	for (const auto &u : users) {
-		const auto &sessions = ctx.rooms.sessions_of(u);
-		if (sessions.empty() || (sessions.size() == 1 && sessions[0] == c.id))
+		if (!ctx.broker.online(u))
+			continue;
+		if (u == c.user_id && !ctx.broker.online_elsewhere(u, c.id))
 			continue;
 		FramePtr f;
 		if (u == c.user_id) {
@@ -160,9 +162,7 @@ Status handle_create_conversation(Ctx &ctx, Caller &c, const Request &r)
 			}
 			f = conversation_frame("conversation_created", push_id, *v, u);
 		}
-		for (SessionId s : sessions)
-			if (s != c.id)
-				ctx.host.send(s, f);
+		ctx.broker.publish_user(u, f, c.id);
 	}
 	return ok_status();
 }
@@ -175,11 +175,11 @@ Status handle_join_conversation(Ctx &ctx, Caller &c, const Request &r)
 	auto ids = ctx.store.participant_ids(*room);
 	if (!ids)
 		return store_error(ctx, ids.error());
-	ctx.rooms.join(c.id, *room);
+	join_room(ctx, c.id, *room);
 	ctx.host.send(c.id, build_frame("conversation_joined", r.reply_id, [&](JsonWriter &w) {
 		w.begin_object().field("conversationId", *room).key("onlineUsers").begin_array();
 		for (const auto &id : *ids)
-			if (ctx.rooms.online(id))
+			if (ctx.broker.online(id))
 				w.value(id);
 		w.end_array().end_object();
 	}));
@@ -191,7 +191,7 @@ Status handle_leave_conversation(Ctx &ctx, Caller &c, const Request &r)
 	auto room = conversation_access(ctx, c, r);
 	if (!room)
 		return room.error();
-	ctx.rooms.leave(c.id, *room);
+	leave_room(ctx, c.id, *room);
 	ctx.host.send(c.id, build_frame("conversation_left", r.reply_id, [&](JsonWriter &w) {
 		w.begin_object().field("conversationId", *room).end_object();
 	}));

@@ -126,7 +126,7 @@ FramePtr auth_success(const User &u, const std::string &rid)
 void came_online(Ctx &ctx, Caller &c)
 {
 	if (ctx.rooms.add_user_session(c.user_id, c.id))
-		push_presence(ctx, c.user_id, true);
+		ctx.broker.user_up(c.user_id);
 }
 
 } // namespace
@@ -238,7 +238,9 @@ void handle_upgrade_auth(Ctx &ctx, Caller &c, const Claims &claims)
 
 void handle_close(Ctx &ctx, Caller &c)
 {
-	std::vector<std::string> left = ctx.rooms.leave_all(c.id);
+	for (const std::string &room : ctx.rooms.leave_all(c.id))
+		if (ctx.rooms.members(room).empty())
+			ctx.broker.room_closed(room);
 	if (!c.authenticated)
 		return;
 	// Typing ends where the user has no socket left in the room.
@@ -250,7 +252,24 @@ void handle_close(Ctx &ctx, Caller &c)
 	}
 	ctx.host.typing_changed();
 	if (ctx.rooms.remove_user_session(c.user_id, c.id))
-		push_presence(ctx, c.user_id, false);
+		ctx.broker.user_down(c.user_id);
+}
+
+void handle_presence_changed(Ctx &ctx, const std::string &user, bool online)
+{
+	push_presence(ctx, user, online);
+}
+
+void join_room(Ctx &ctx, SessionId s, const std::string &room)
+{
+	if (ctx.rooms.join(s, room) && ctx.rooms.members(room).size() == 1)
+		ctx.broker.room_opened(room);
+}
+
+void leave_room(Ctx &ctx, SessionId s, const std::string &room)
+{
+	if (ctx.rooms.leave(s, room) && ctx.rooms.members(room).empty())
+		ctx.broker.room_closed(room);
 }
 
 void handle_typing_expiry(Ctx &ctx, int64_t now_us)
@@ -293,7 +312,7 @@ void handle_external_change(Ctx &ctx)
 				auto member = ctx.store.is_participant(room, user);
 				if (!member || *member)
 					continue;
-				ctx.rooms.leave(s, room);
+				leave_room(ctx, s, room);
 				ctx.host.send(s, build_frame("conversation_left", reply_request_id(std::nullopt),
 							     [&](JsonWriter &w) {
 								     w.begin_object()

@@ -45,6 +45,11 @@ inline bool is_id(JsonRef j)
 // current participant (ACCESS_DENIED otherwise).
 Result<std::string> conversation_access(Ctx &ctx, const Caller &c, const Request &r);
 
+// Room membership of a socket, telling the broker when the room gets its
+// first socket of this process or loses its last.
+void join_room(Ctx &ctx, SessionId s, const std::string &room);
+void leave_room(Ctx &ctx, SessionId s, const std::string &room);
+
 // Counts store failures; passes the error through.
 Error store_error(Ctx &ctx, const Error &e);
 

@@ -230,8 +230,8 @@ Status handle_send_message(Ctx &ctx, Caller &c, const Request &r)
 		view.content.reset();
 		ev.frame = message_frame("message_received", push_id, view);
 		for (auto &copy : m.copies) {
-			if (ctx.rooms.sessions_of(copy.first).empty())
-				continue; // nobody of that user is connected here
+			if (!ctx.broker.online(copy.first))
+				continue; // nobody of that user is connected anywhere
 			view.content = copy.second;
 			ev.per_user.emplace(copy.first,
 					    message_frame("message_received", push_id, view));

@@ -62,7 +62,8 @@ struct World {
 	std::unique_ptr<Store> store;
 	RoomTable rooms;
 	Sink sink;
-	LocalBroker broker{rooms, sink};
+	PresencePusher presence;
+	LocalBroker broker{rooms, sink, presence};
 	Stats stats;
 	Config cfg = config_defaults();
 	AuthParams auth;
@@ -81,6 +82,7 @@ struct World {
 		auth.secret = kSecret;
 		auth.require_exp = false;
 		ctx = std::make_unique<Ctx>(Ctx{*store, rooms, broker, stats, cfg, auth, sink});
+		presence.ctx = ctx.get();
 		a.id = 1;
 		b.id = 2;
 		u.id = 3;

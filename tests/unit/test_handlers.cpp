@@ -48,6 +48,7 @@ struct World {
 	std::unique_ptr<test::FailingStore> store;
 	RoomTable rooms;
 	Recorder rec;
+	PresencePusher presence;
 	std::unique_ptr<LocalBroker> broker;
 	Stats stats;
 	Config cfg = config_defaults();
@@ -65,9 +66,10 @@ struct World {
 		o.path = path;
 		real = std::move(*open_sqlite_store(o));
 		store = std::make_unique<test::FailingStore>(*real);
-		broker = std::make_unique<LocalBroker>(rooms, rec);
+		broker = std::make_unique<LocalBroker>(rooms, rec, presence);
 		auth.secret = kSecret;
 		ctx = std::make_unique<Ctx>(Ctx{*store, rooms, *broker, stats, cfg, auth, rec});
+		presence.ctx = ctx.get();
 		SessionId id = 1;
 		for (const char *name : {"a1", "a2", "b1", "c1", "d1"}) {
 			Caller c;

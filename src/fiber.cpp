@@ -7,6 +7,7 @@
 
 #include <cstdlib>
 #include <exception>
+#include <memory>
 
 #include "qryptchat/log.hpp"
 
@@ -85,6 +86,7 @@ struct FiberPool::Fiber {
 	std::function<void()> fn;
 	bool done = false;
 	bool timed_out = false;
+	std::shared_ptr<bool> parked;  // park(): true until woken or timed out
 	const void *back_bottom = nullptr; // the loop's stack, for the sanitizer
 	size_t back_size = 0;
 };
@@ -259,6 +261,48 @@ bool FiberPool::wait(int fd, bool write, int64_t timeout_ms)
 	swapcontext(&f->ctx, &f->back);
 	finish_switch(fake, &f->back_bottom, &f->back_size);
 	return !f->timed_out;
+}
+
+bool FiberPool::park(const std::function<void(std::function<void()> wake)> &arm, int64_t timeout_ms)
+{
+	Fiber *f = current_;
+	if (!f)
+		return false;
+	auto parked = std::make_shared<bool>(true);
+	f->parked = parked;
+	bool woken = false;
+	// The wake-up goes through the fiber's timer, at 0 s: the fiber is then
+	// resumed from the loop, never from inside whoever calls wake.  A wake
+	// after a timeout, or after the fiber moved on, finds `parked` false.
+	arm([this, f, parked, &woken] {
+		if (!*parked)
+			return;
+		*parked = false;
+		woken = true;
+		if (current_ == f)
+			return; // woken before it had to wait
+		ev_timer_stop(loop_, &f->timer);
+		ev_timer_set(&f->timer, 0., 0.);
+		ev_timer_start(loop_, &f->timer);
+	});
+	if (woken) {
+		f->parked.reset();
+		return true;
+	}
+	ev_init(&f->timer, &FiberPool::on_timer);
+	f->timer.data = f;
+	ev_init(&f->io, &FiberPool::on_io); // not started: on_timer stops it harmlessly
+	if (timeout_ms >= 0) {
+		ev_timer_set(&f->timer, static_cast<ev_tstamp>(timeout_ms) / 1000.0, 0.);
+		ev_timer_start(loop_, &f->timer);
+	}
+	void *fake = nullptr;
+	start_switch(&fake, f->back_bottom, f->back_size);
+	swapcontext(&f->ctx, &f->back);
+	finish_switch(fake, &f->back_bottom, &f->back_size);
+	*parked = false;
+	f->parked.reset();
+	return woken;
 }
 
 void FiberPool::on_io(struct ev_loop *loop, ev_io *w, int) noexcept

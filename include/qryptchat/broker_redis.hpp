@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -61,14 +62,19 @@ public:
 	RedisBroker &operator=(const RedisBroker &) = delete;
 
 	size_t publish(const std::string &room, const RoomEvent &ev) override;
+	size_t publish_user(const std::string &user, const FramePtr &frame, SessionId except) override;
 	void room_opened(const std::string &room) override;
 	void room_closed(const std::string &room) override;
 	void user_up(const std::string &user) override;
 	void user_down(const std::string &user) override;
 	bool online(const std::string &user) const override;
+	bool online_elsewhere(const std::string &user, SessionId except) const override;
 	std::vector<std::string> online_users() const override;
 
 	ClusterStats stats() const;
+	// Calls `done` once every subscription asked for so far is confirmed by
+	// Redis, or at once when none is pending or Redis is down.
+	void when_subscribed(std::function<void()> done);
 	// Withdraws this node's presence (its users go offline where no other
 	// node holds them) and disconnects; for a clean shutdown.
 	void shutdown();

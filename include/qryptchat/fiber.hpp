@@ -23,6 +23,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <functional>
 #include <memory>
 #include <unordered_map>
@@ -45,6 +46,11 @@ public:
 	// IoWait: inside a fiber, suspends it until the socket is ready or the
 	// timeout passes; outside one, blocks in poll().
 	bool wait(int fd, bool write, int64_t timeout_ms) override;
+	// Suspends the current fiber until the `wake` function handed to
+	// `arm` is called (from the loop, at any time, any number of times),
+	// or until timeout_ms pass.  Returns true when woken.  Outside a fiber
+	// it cannot wait: it returns false at once, without calling `arm`.
+	bool park(const std::function<void(std::function<void()> wake)> &arm, int64_t timeout_ms);
 
 	bool in_fiber() const { return current_ != nullptr; }
 	// Tasks of the lane not yet finished (queued or running).

@@ -4,6 +4,7 @@
 #include <ev.h>
 #include <unistd.h>
 
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -156,6 +157,41 @@ static void test_timeout(void **)
 	ev_loop_destroy(loop);
 }
 
+static void test_park(void **)
+{
+	struct ev_loop *loop = ev_loop_new(EVBACKEND_EPOLL);
+	{
+		FiberPool pool(loop, 4);
+		std::function<void()> wake;
+		int result = -1;
+		pool.run(1, [&] { result = pool.park([&](std::function<void()> w) { wake = w; }, 5000); });
+		assert_int_equal(result, -1); // parked
+		wake();
+		wake(); // a second call is harmless
+		run_until(loop, [&] { return result != -1; });
+		assert_int_equal(result, 1);
+
+		// Woken from inside arm: no wait at all.
+		result = -1;
+		pool.run(1, [&] { result = pool.park([](std::function<void()> w) { w(); }, 5000); });
+		assert_int_equal(result, 1);
+
+		// Never woken: the timeout ends it; a late wake does nothing.
+		result = -1;
+		pool.run(1, [&] { result = pool.park([&](std::function<void()> w) { wake = w; }, 20); });
+		run_until(loop, [&] { return result != -1; });
+		assert_int_equal(result, 0);
+		wake();
+		assert_int_equal(pool.running(), 0);
+
+		// Outside a fiber it does not wait.
+		bool armed = false;
+		assert_false(pool.park([&](std::function<void()>) { armed = true; }, 1000));
+		assert_false(armed);
+	}
+	ev_loop_destroy(loop);
+}
+
 static void test_exception_ends_the_task_only(void **)
 {
 	struct ev_loop *loop = ev_loop_new(EVBACKEND_EPOLL);
@@ -177,7 +213,8 @@ int main(void)
 		cmocka_unit_test(test_lane_order_and_idle),
 		cmocka_unit_test(test_limit_and_nesting),
 		cmocka_unit_test(test_timeout),
+		cmocka_unit_test(test_park),
 		cmocka_unit_test(test_exception_ends_the_task_only),
 	};
-	return cmocka_run_group_tests(tests, nullptr, nullptr);
+	return cmocka_run_group_tests_name("fiber", tests, nullptr, nullptr);
 }

@@ -834,6 +834,21 @@ std::string Server::Impl::render_stats()
 	w.field("uptimeSeconds", g.uptime_s);
 	w.field("queuedBytes", static_cast<int64_t>(g.queued_bytes));
 	stats_write_json(w, stats);
+	if (redis) {
+		// The cluster as this node sees it (broker redis).
+		ClusterStats c = redis->stats();
+		w.key("cluster").begin_object();
+		w.field("connected", c.connected);
+		w.field("onlineUsers", static_cast<int64_t>(c.online_users));
+		w.field("subscribedRooms", static_cast<int64_t>(c.subscribed_rooms));
+		w.field("published", static_cast<int64_t>(c.published));
+		w.field("received", static_cast<int64_t>(c.received));
+		w.field("remoteDeliveries", static_cast<int64_t>(c.remote_deliveries));
+		w.field("publishFailures", static_cast<int64_t>(c.publish_failures));
+		w.field("reconnects", static_cast<int64_t>(c.reconnects));
+		w.field("nodesExpired", static_cast<int64_t>(c.nodes_expired));
+		w.end_object();
+	}
 	w.end_object();
 	return out;
 }
@@ -1660,9 +1675,12 @@ Result<std::unique_ptr<Server>> Server::create(ServerSetup setup)
 int Server::run()
 {
 	Impl &m = *impl_;
-	QC_INFO("listening address=%s port=%d tls=%s database=%s web_root=%s loop=libev backend=epoll",
+	QC_INFO("listening address=%s port=%d tls=%s store=%s database=%s broker=%s web_root=%s "
+		"loop=libev backend=epoll",
 		m.cfg.listen_host.c_str(), m.bound_port, m.tls_cert.empty() ? "no" : "yes",
-		log_str(m.cfg.database).c_str(), log_str(m.web_root).c_str());
+		m.cfg.store.c_str(),
+		log_str(m.cfg.store == "sqlite" ? m.cfg.database : std::string("postgresql")).c_str(),
+		m.cfg.broker.c_str(), log_str(m.web_root).c_str());
 	if (!m.setup.ready_file.empty() && !write_ready_file(m.setup.ready_file, m.bound_port)) {
 		QC_ERR("ready_file path=%s error=%s", log_str(m.setup.ready_file).c_str(),
 		       strerror(errno));

@@ -61,16 +61,23 @@ public:
 	RedisBroker &operator=(const RedisBroker &) = delete;
 
 	size_t publish(const std::string &room, const RoomEvent &ev) override;
+	size_t publish_user(const std::string &user, const FramePtr &frame, SessionId except) override;
 	void room_opened(const std::string &room) override;
 	void room_closed(const std::string &room) override;
 	void user_up(const std::string &user) override;
 	void user_down(const std::string &user) override;
 	bool online(const std::string &user) const override;
+	bool online_elsewhere(const std::string &user, SessionId except) const override;
 	std::vector<std::string> online_users() const override;
 
 	ClusterStats stats() const;
 	// Withdraws this node's presence (its users go offline where no other
-	// node holds them) and disconnects; for a clean shutdown.
+	// node holds them) and disconnects; for a clean shutdown.  The server
+	// closes its sockets first, so normally nobody is left to withdraw;
+	// users who are get user_offline pushed (by presence_changed) when
+	// Redis answers, if the loop still runs then.  Without shutdown(),
+	// destroying the broker is, to the other nodes, a node that died:
+	// its users go offline when its lease runs out.
 	void shutdown();
 
 	struct Impl;

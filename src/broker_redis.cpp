@@ -336,6 +336,10 @@ struct RedisBroker::Impl {
 
 	std::set<std::string> open_rooms;  // rooms with a socket here
 	std::set<std::string> local_users; // users with a socket here (user_up..user_down)
+	// Channels whose subscription Redis confirmed (for the gauges).
+	std::set<std::string> subscribed;
+	size_t subscribed_rooms = 0, subscribed_users = 0;
+	int inflight = 0; // scripts awaiting their reply
 
 	// Mirror of presence on the other nodes: user → the nodes (not this
 	// one) that hold them.  Loaded by the join script, kept by qc:presence.
@@ -470,6 +474,8 @@ struct RedisBroker::Impl {
 		sub_ready = false;
 		joins_pending = 0;
 		presence_log.clear();
+		subscribed.clear();
+		subscribed_rooms = subscribed_users = 0;
 		ev_timer_stop(loop, &lease_timer);
 		if (was_up)
 			QC_WARN("redis_down url=%s: local delivery only until it returns",
@@ -598,6 +604,7 @@ struct RedisBroker::Impl {
 			delete c;
 			return false;
 		}
+		inflight++;
 		return true;
 	}
 
@@ -630,6 +637,7 @@ struct RedisBroker::Impl {
 		Impl *im = c->im;
 		if (im->dying)
 			return;
+		im->inflight--;
 		auto *reply = static_cast<redisReply *>(r);
 		if (reply && reply->type == REDIS_REPLY_ERROR)
 			QC_WARN("redis_script_error node=%s error=%s", log_str(im->opts.node_id).c_str(),
@@ -746,11 +754,8 @@ struct RedisBroker::Impl {
 			return;
 		std::string_view kind = reply_str(reply->element[0]);
 		std::string_view channel = reply_str(reply->element[1]);
-		if (kind == "subscribe") {
-			if (channel == kPresenceChannel) {
-				im->sub_ready = true;
-				im->maybe_up();
-			}
+		if (kind == "subscribe" || kind == "unsubscribe") {
+			im->subscription(channel, kind == "subscribe");
 			return;
 		}
 		if (kind != "message")
@@ -762,6 +767,24 @@ struct RedisBroker::Impl {
 			im->user_message(std::string(channel.substr(kUserPrefix.size())), msg);
 		else if (channel == kPresenceChannel)
 			im->presence_message(msg);
+	}
+
+	// Redis confirmed a (un)subscription; confirmations come in the order
+	// of the commands, so the last one tells the channel's state.
+	void subscription(std::string_view channel, bool on)
+	{
+		if (channel == kPresenceChannel) {
+			if (on) {
+				sub_ready = true;
+				maybe_up();
+			}
+			return;
+		}
+		std::string ch(channel);
+		if (on ? !subscribed.insert(ch).second : !subscribed.erase(ch))
+			return;
+		size_t &gauge = starts_with(ch, kRoomPrefix) ? subscribed_rooms : subscribed_users;
+		gauge = on ? gauge + 1 : gauge - 1;
 	}
 
 	void room_message(const std::string &room, std::string_view msg)
@@ -1020,9 +1043,15 @@ ClusterStats RedisBroker::stats() const
 {
 	ClusterStats s = impl_->st;
 	s.connected = impl_->up;
-	s.subscribed_rooms = impl_->up ? impl_->open_rooms.size() : 0;
+	s.subscribed_rooms = impl_->up ? impl_->subscribed_rooms : 0;
+	s.subscribed_users = impl_->up ? impl_->subscribed_users : 0;
 	s.online_users = online_users().size();
 	return s;
+}
+
+bool RedisBroker::idle() const
+{
+	return impl_->inflight == 0;
 }
 
 void RedisBroker::shutdown()

@@ -45,7 +45,8 @@ struct ClusterStats {
 	uint64_t publish_failures = 0;     // events not published (Redis down)
 	uint64_t reconnects = 0;           // connections re-established
 	uint64_t nodes_expired = 0;        // dead nodes whose users this node took offline
-	uint64_t subscribed_rooms = 0;     // gauge: rooms subscribed by this node
+	uint64_t subscribed_rooms = 0;     // gauge: room channels subscribed (confirmed by Redis)
+	uint64_t subscribed_users = 0;     // gauge: user channels subscribed (confirmed by Redis)
 	uint64_t online_users = 0;         // gauge: users online on any node
 };
 
@@ -71,6 +72,9 @@ public:
 	std::vector<std::string> online_users() const override;
 
 	ClusterStats stats() const;
+	// No presence script is waiting for its reply: every user_up,
+	// user_down and lease renewal sent so far has had its effect here.
+	bool idle() const;
 	// Withdraws this node's presence (its users go offline where no other
 	// node holds them) and disconnects; for a clean shutdown.  The server
 	// closes its sockets first, so normally nobody is left to withdraw;

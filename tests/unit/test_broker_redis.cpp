@@ -21,6 +21,7 @@
 #include "../engines/engines.hpp"
 #include "cmocka.hpp"
 #include "qryptchat/broker_redis.hpp"
+#include "qryptchat/log.hpp"
 
 using namespace qc;
 
@@ -73,10 +74,10 @@ struct Node {
 	Listener listener;
 	std::unique_ptr<RedisBroker> broker;
 
-	Node(const std::string &id, int64_t ttl_ms = 15000)
+	Node(const std::string &id, int64_t ttl_ms = 15000, const std::string &url = g_redis->url)
 	{
 		RedisOptions o;
-		o.url = g_redis->url;
+		o.url = url;
 		o.node_id = id;
 		o.presence_ttl_ms = ttl_ms;
 		o.reconnect_ms = 50;
@@ -380,6 +381,57 @@ static void test_redis_restart(void **)
 	assert_int_equal(b.sink.count(21, "during"), 0); // not replayed
 }
 
+static void test_unreachable(void **)
+{
+	// No Redis there: the broker is the local one, and keeps trying.
+	std::string nowhere = "unix:" + g_redis->dir + "/nowhere.sock";
+	Node a("A", 15000, nowhere);
+	a.open(11, "alice", "r");
+	a.open(12, "bob", "r");
+	assert_int_equal(a.listener.count("alice", true), 1);
+	assert_true(a.broker->online("alice"));
+	assert_true(a.broker->online_elsewhere("alice", 12));
+	assert_false(a.broker->online_elsewhere("alice", 11));
+	RoomEvent ev;
+	ev.frame = frame("{\"x\":1}");
+	ev.per_user["bob"] = frame("{\"bob\":1}");
+	ev.except = 11;
+	assert_int_equal(a.broker->publish("r", ev), 1);
+	assert_int_equal(a.sink.count(12, "bob"), 1);
+	assert_int_equal(a.broker->publish_user("alice", frame("{\"y\":1}"), 0), 1);
+	// Reconnection attempts run on the loop and keep failing.
+	ev_timer tick;
+	ev_timer_init(&tick, wake, 0.2, 0.);
+	ev_timer_start(g_loop, &tick);
+	assert_true(wait_for([&] { return !ev_is_active(&tick); }));
+	ClusterStats st = a.broker->stats();
+	assert_false(st.connected);
+	assert_int_equal(st.publish_failures, 2);
+	assert_int_equal(st.published, 0);
+	assert_int_equal(st.online_users, 2);
+	a.close(11);
+	assert_int_equal(a.listener.count("alice", false), 1);
+}
+
+static void test_bad_url(void **)
+{
+	RoomTable rooms;
+	Sink sink;
+	Listener listener;
+	for (const char *url : {"http://x", "redis://", "redis://h:0", "redis://h:1/x", "unix:"}) {
+		RedisOptions o;
+		o.url = url;
+		o.node_id = "A";
+		bool threw = false;
+		try {
+			RedisBroker b(g_loop, o, rooms, sink, listener);
+		} catch (const std::exception &) {
+			threw = true;
+		}
+		assert_true(threw);
+	}
+}
+
 // The engine is someone else's to skip on (tests/engines); this test only
 // needs the same rule: visible skip, or failure when engines are required.
 static bool skip_without_redis(const std::string &why)
@@ -399,6 +451,8 @@ int main(void)
 	g_redis = test::start_redis(&why);
 	if (!g_redis && skip_without_redis(why))
 		return 0;
+	// Connection changes are logged at warn; the rest would be noise here.
+	g_log_level = LogLevel::Warn;
 	g_loop = ev_loop_new(EVBACKEND_EPOLL);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup(test_room_fanout, setup),
@@ -407,6 +461,8 @@ int main(void)
 		cmocka_unit_test_setup(test_node_death, setup),
 		cmocka_unit_test_setup(test_shutdown_withdraws, setup),
 		cmocka_unit_test_setup(test_redis_restart, setup),
+		cmocka_unit_test(test_unreachable),
+		cmocka_unit_test(test_bad_url),
 	};
 	int rc = cmocka_run_group_tests_name("broker_redis", tests, nullptr, nullptr);
 	ev_loop_destroy(g_loop);

@@ -15,6 +15,7 @@
 //   qc:node:<id>:users     the users that have a socket on that node
 //   qc:presence:<user>     the nodes that hold the user
 //   qc:online              the users held by at least one node
+//   qc:reaped:<id>         tombstone of a node claimed as dead (a day)
 // Channels: qc:room:<room> (room events), qc:user:<user> (frames for one
 // user's sockets), qc:presence (presence changes, so that every node keeps
 // its mirror of who is online elsewhere).
@@ -112,13 +113,18 @@ return {last, joined}
 )lua";
 
 // (Re)announces the node with exactly the users ARGV[3..] (after a
-// (re)connection: users that came or went while Redis was away), without
-// telling the caller of transitions: those were pushed locally then.
-// Returns the full picture: {nodes, {user, {node...}, user, {...}...}}.
+// (re)connection: users that came or went while Redis was away).  Returns
+// the full picture, {nodes, {user, {node...}, user, {...}...}, revived}.
+// Transitions are not reported (they were pushed locally while Redis was
+// away, and a Redis that restarted empty would make every user look new),
+// except when another node had claimed this one as dead (its tombstone
+// qc:reaped:<id> is there) and so pushed its users offline: `revived` then
+// lists the users that this announcement brings back online.
 const char *const kScriptJoin = QC_LUA_FIELD R"lua(
 local node, ttl = ARGV[1], ARGV[2]
 redis.call('SET', 'qc:node:' .. node, '1', 'PX', ttl)
 redis.call('SADD', 'qc:nodes', node)
+local reaped = redis.call('DEL', 'qc:reaped:' .. node)
 local uk = 'qc:node:' .. node .. ':users'
 local want = {}
 for i = 3, #ARGV do
@@ -136,10 +142,15 @@ for _, u in ipairs(redis.call('SMEMBERS', uk)) do
 		end
 	end
 end
+local revived = {}
 for i = 3, #ARGV do
 	local u = ARGV[i]
+	local pk = 'qc:presence:' .. u
 	redis.call('SADD', uk, u)
-	if redis.call('SADD', 'qc:presence:' .. u, node) == 1 then
+	if redis.call('SADD', pk, node) == 1 then
+		if reaped == 1 and redis.call('SCARD', pk) == 1 then
+			revived[#revived + 1] = u
+		end
 		redis.call('SADD', 'qc:online', u)
 		redis.call('PUBLISH', 'qc:presence', f('up') .. f(node) .. f(u))
 	end
@@ -149,12 +160,14 @@ for _, u in ipairs(redis.call('SMEMBERS', 'qc:online')) do
 	users[#users + 1] = u
 	users[#users + 1] = redis.call('SMEMBERS', 'qc:presence:' .. u)
 end
-return {redis.call('SMEMBERS', 'qc:nodes'), users}
+return {redis.call('SMEMBERS', 'qc:nodes'), users, revived}
 )lua";
 
 // Renews the node's lease and claims every node whose lease ran out:
 // removing it from qc:nodes inside this script is the claim, so exactly
-// one surviving node takes each dead node's users offline.  Returns
+// one surviving node takes each dead node's users offline.  A tombstone
+// (kept a day) lets a node that was only stalled know, when it announces
+// itself again, that its users were pushed offline.  Returns
 // {joined, {dead node, {users now offline everywhere}, ...}}.
 const char *const kScriptRenew = QC_LUA_FIELD R"lua(
 local node, ttl = ARGV[1], ARGV[2]
@@ -175,6 +188,7 @@ for _, n in ipairs(redis.call('SMEMBERS', 'qc:nodes')) do
 			end
 		end
 		redis.call('DEL', uk)
+		redis.call('SET', 'qc:reaped:' .. n, '1', 'PX', 86400000)
 		redis.call('PUBLISH', 'qc:presence', f('dead') .. f(n) .. f(''))
 		dead[#dead + 1] = n
 		dead[#dead + 1] = off
@@ -674,7 +688,16 @@ struct RedisBroker::Impl {
 		if (reply_int(reply->element[0]) == 1)
 			listener.presence_changed(c.user, online);
 		if (reply_int(reply->element[1]) == 1)
-			send_join();
+			lease_lost();
+	}
+
+	// A script found this node unregistered: its lease had been claimed
+	// (it could not renew in time) or Redis lost its data.  Its users are
+	// announced again.
+	void lease_lost()
+	{
+		QC_WARN("redis_lease_lost node=%s: announcing again", log_str(opts.node_id).c_str());
+		send_join();
 	}
 
 	void join_reply(const redisReply *reply)
@@ -713,6 +736,11 @@ struct RedisBroker::Impl {
 		}
 		if (joins_pending == 0)
 			presence_log.clear();
+		if (is_array(reply, 3) && is_array(reply->element[2], 0)) {
+			const redisReply *rv = reply->element[2];
+			for (size_t i = 0; i < rv->elements; i++)
+				listener.presence_changed(std::string(reply_str(rv->element[i])), true);
+		}
 	}
 
 	void renew_reply(const redisReply *reply)
@@ -735,13 +763,8 @@ struct RedisBroker::Impl {
 								  false);
 			}
 		}
-		if (reply_int(reply->element[0]) == 1) {
-			// This node's lease had been claimed (it could not renew
-			// in time): announce its users again.
-			QC_WARN("redis_lease_lost node=%s: announcing again",
-				log_str(opts.node_id).c_str());
-			send_join();
-		}
+		if (reply_int(reply->element[0]) == 1)
+			lease_lost();
 	}
 
 	// --- subscriptions ---

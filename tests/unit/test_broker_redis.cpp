@@ -148,18 +148,24 @@ FramePtr frame(const std::string &text)
 	return f;
 }
 
-// Each test starts from an empty Redis (the test talks to it directly,
-// outside the loop).
-void flushall()
+// A command sent to Redis by the test itself, outside the loop.
+void redis_do(const char *command)
 {
 	std::string path = g_redis->url.substr(5);
 	redisContext *c = redisConnectUnix(path.c_str());
 	assert_non_null(c);
 	assert_int_equal(c->err, 0);
-	auto *r = static_cast<redisReply *>(redisCommand(c, "FLUSHALL"));
+	auto *r = static_cast<redisReply *>(redisCommand(c, command));
 	assert_non_null(r);
+	assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
 	freeReplyObject(r);
 	redisFree(c);
+}
+
+// Each test starts from an empty Redis.
+void flushall()
+{
+	redis_do("FLUSHALL");
 }
 
 int setup(void **)
@@ -324,6 +330,30 @@ static void test_node_death(void **)
 	assert_true(stop.find("\"requestId\":\"") != std::string::npos);
 }
 
+static void test_stalled_node(void **)
+{
+	// B stalls long enough for its lease to be claimed (its lease key is
+	// removed here, as if it had expired), then carries on: its users,
+	// pushed offline by A, are pushed online again when B finds out.
+	Node a("A", 300), b("B");
+	assert_true(wait_for([&] { return connected(a) && connected(b); }));
+	b.open(21, "b1");
+	assert_true(wait_for([&] { return idle({&b}) && a.broker->online("b1"); }));
+	redis_do("DEL qc:node:B");
+	assert_true(wait_for([&] { return a.listener.count("b1", false) == 1; }));
+	assert_true(wait_for([&] { return idle({&a}) && !a.broker->online("b1"); }));
+	assert_int_equal(a.broker->stats().nodes_expired, 1);
+	// B's next presence script finds it unregistered and announces again.
+	b.open(22, "b2");
+	assert_true(wait_for([&] {
+		return idle({&b}) && a.broker->online("b1") && a.broker->online("b2");
+	}));
+	assert_int_equal(b.listener.count("b1", true), 2);
+	assert_int_equal(b.listener.count("b2", true), 1);
+	assert_int_equal(a.listener.events.size(), 1);
+	assert_true(b.broker->stats().connected);
+}
+
 static void test_shutdown_withdraws(void **)
 {
 	Node a("A");
@@ -459,6 +489,7 @@ int main(void)
 		cmocka_unit_test_setup(test_publish_user, setup),
 		cmocka_unit_test_setup(test_presence_once, setup),
 		cmocka_unit_test_setup(test_node_death, setup),
+		cmocka_unit_test_setup(test_stalled_node, setup),
 		cmocka_unit_test_setup(test_shutdown_withdraws, setup),
 		cmocka_unit_test_setup(test_redis_restart, setup),
 		cmocka_unit_test(test_unreachable),

@@ -34,6 +34,15 @@
 //                typing user, typing username, then user, frame pairs
 //   user frame:  origin, frame
 //   presence:    kind ("up", "down", "dead"), node, user ("" for dead)
+//
+// Limits: no password and no TLS (redis://host:port[/db] or unix:/path;
+// the database is selected by the first command of each connection).
+// hiredis 0.14 resolves a host name with a blocking getaddrinfo() at each
+// connection attempt: give an address or a Unix socket.  Presence pushes
+// made while Redis was away reached this node's sockets only; events
+// published then are not replayed (clients recover them with afterSeq).
+// A subscriber that falls behind Redis's pub/sub output-buffer limit is
+// disconnected by Redis, and reconnects like after any other drop.
 #include "qryptchat/broker_redis.hpp"
 
 #include <ev.h>
@@ -818,6 +827,8 @@ struct RedisBroker::Impl {
 		std::string_view typing = rd.next();
 		std::string_view tuser = rd.next();
 		std::string_view tname = rd.next();
+		// This node's own events come back (it subscribes to the rooms
+		// it publishes to); they were delivered here at publish time.
 		if (!rd.ok || origin == opts.node_id)
 			return;
 		RoomEvent ev;

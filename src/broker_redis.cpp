@@ -1093,27 +1093,22 @@ void RedisBroker::shutdown()
 	Impl &im = *impl_;
 	if (im.shutting_down)
 		return;
-	bool was_up = im.up;
-	im.up = false;
 	im.shutting_down = true;
 	ev_timer_stop(im.loop, &im.reconnect_timer);
 	ev_timer_stop(im.loop, &im.lease_timer);
+	// The leave script is sent while the link is still up; the command
+	// connection then closes once its reply is in (redisAsyncDisconnect
+	// waits for pending replies).  The reply names the users now offline
+	// everywhere; they are pushed if the loop still runs then.
+	bool sent = im.script(kScriptLeave, Impl::Kind::Leave, {});
+	im.up = false;
 	if (redisAsyncContext *c = std::exchange(im.sub, nullptr))
 		redisAsyncFree(c);
 	if (!im.cmd)
 		return;
-	if (was_up) {
-		// The leave script is sent, then the connection closes once its
-		// reply is in (redisAsyncDisconnect waits for pending replies).
-		// Its reply names the users now offline everywhere; they are
-		// pushed if the loop still runs then.
-		im.up = true; // script() sends only while up
-		bool sent = im.script(kScriptLeave, Impl::Kind::Leave, {});
-		im.up = false;
-		if (sent) {
-			redisAsyncDisconnect(im.cmd);
-			return;
-		}
+	if (sent) {
+		redisAsyncDisconnect(im.cmd);
+		return;
 	}
 	redisAsyncContext *c = std::exchange(im.cmd, nullptr);
 	redisAsyncFree(c);

@@ -278,6 +278,21 @@ static void test_presence_once(void **)
 	assert_int_equal(pushes(false), 1);
 	assert_int_equal(pushes(true), 1);
 	assert_true(a.broker->online_users().empty());
+
+	// Two nodes at once, in the same turn of the loop: one push each way.
+	auto pushes_v = [&](bool online) {
+		return a.listener.count("v", online) + b.listener.count("v", online) +
+		       c.listener.count("v", online);
+	};
+	a.open(12, "v");
+	b.open(22, "v");
+	assert_true(wait_for([&] { return idle({&a, &b}) && c.broker->online("v"); }));
+	assert_int_equal(pushes_v(true), 1);
+	a.close(12);
+	b.close(22);
+	assert_true(wait_for([&] { return idle({&a, &b}) && !c.broker->online("v"); }));
+	assert_int_equal(pushes_v(false), 1);
+	assert_int_equal(pushes_v(true), 1);
 }
 
 static void test_node_death(void **)

@@ -150,6 +150,7 @@ struct Server::Impl final : public Host, public DeliverySink, public ClusterList
 	ev_timer shutdown_timer{};
 	ev_tstamp shutdown_deadline = 0;
 	bool stopping = false;
+	bool cluster_left = false;         // RedisBroker::shutdown() called
 	int exit_status = 0;
 	int64_t started_ms = 0;
 
@@ -1562,7 +1563,16 @@ void Server::Impl::begin_shutdown()
 
 void Server::Impl::maybe_finish_shutdown()
 {
-	if ((!sessions.empty() || (fibers && fibers->running())) && ev_now(loop) < shutdown_deadline)
+	ev_tstamp now = ev_now(loop);
+	if ((!sessions.empty() || (fibers && fibers->running())) && now < shutdown_deadline)
+		return;
+	// Then the cluster hears that this node's users left it (rather than
+	// waiting for its lease to run out), if Redis answers in time.
+	if (redis && !cluster_left) {
+		cluster_left = true;
+		redis->shutdown();
+	}
+	if (redis && !redis->idle() && now < shutdown_deadline + kShutdownGraceS)
 		return;
 	ev_timer_stop(loop, &shutdown_timer);
 	ev_break(loop, EVBREAK_ALL);

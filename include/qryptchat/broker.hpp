@@ -83,6 +83,8 @@ public:
 	// Has the user a socket other than `except`, on any node?
 	virtual bool online_elsewhere(const std::string &user, SessionId except) const = 0;
 	virtual std::vector<std::string> online_users() const = 0;
+	// Do other processes' sockets get what this one publishes?
+	virtual bool cluster() const { return false; }
 };
 
 // In-process fan-out over the room table; presence is this process's.

@@ -139,16 +139,22 @@ class Params
 public:
 	Params &add(const std::string &v)
 	{
+		has_nul_ |= v.find('\0') != std::string::npos;
 		vals_.emplace_back(v);
 		return *this;
 	}
 	Params &add(const std::optional<std::string> &v)
 	{
-		vals_.push_back(v);
+		if (v)
+			return add(*v);
+		vals_.emplace_back();
 		return *this;
 	}
 	Params &add(int64_t v) { return add(std::to_string(v)); }
 	int size() const { return static_cast<int>(vals_.size()); }
+	// PostgreSQL text cannot hold a NUL (a JSON string may, as "\u0000"),
+	// and libpq would pass the value cut at it: such a call is refused.
+	bool has_nul() const { return has_nul_; }
 	// Valid until the next add().
 	const char *const *values() const
 	{
@@ -160,6 +166,7 @@ public:
 
 private:
 	std::vector<std::optional<std::string>> vals_;
+	bool has_nul_ = false;
 	mutable std::vector<const char *> ptrs_;
 };
 
@@ -418,7 +425,8 @@ private:
 	static bool usable(PGconn *c);
 
 	// One prepared statement on a pooled connection: its result (tuples or
-	// command), or DATABASE_ERROR, logged with the reason.
+	// command), or DATABASE_ERROR, logged with the reason; INVALID_DATA,
+	// without a round trip, when a parameter holds a NUL.
 	Result<ResPtr> call(const char *op, const char *stmt, const Params &p);
 	// The database could (not) be reached; logged on a change only.
 	void set_reachable(bool up, const char *op, const std::string &why);
@@ -676,6 +684,8 @@ void PgStore::set_reachable(bool up, const char *op, const std::string &why)
 
 Result<ResPtr> PgStore::call(const char *op, const char *stmt, const Params &p)
 {
+	if (p.has_nul())
+		return make_error(Err::InvalidData, "Text holds a NUL character");
 	last_ok_ = false;
 	auto index = acquire(mono_ms() + opts_.query_timeout_ms);
 	if (!index) {

@@ -13,7 +13,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -558,6 +560,69 @@ static void test_activity_order(void **state)
 	assert_true(s.conversations("nobody")->empty());
 }
 
+// PostgreSQL text holds no NUL: such a call is refused, never stored cut.
+static void test_nul_refused(void **state)
+{
+	Store &s = store(state);
+	users(s, {"a"});
+	std::string g = make_group(s, "a", {});
+	auto r = s.insert_message(text_message(g, "a", std::string("a\0b", 3)));
+	assert_false(r.ok());
+	assert_int_equal(r.error().code, Err::InvalidData);
+	assert_false(s.get_user(std::string("a\0x", 3)).ok());
+	assert_int_equal(send(s, g, "a", "next").message.seq, 1);
+}
+
+// An IoWait that, the first time a call waits, runs `during` (another
+// request, as a second fiber would while the first is suspended).
+struct InterleavingWait final : IoWait {
+	std::function<void()> during;
+	bool wait(int fd, bool write, int64_t timeout_ms) override
+	{
+		if (during) {
+			auto f = std::move(during);
+			during = nullptr;
+			f();
+		}
+		return blocking_io_wait().wait(fd, write, timeout_ms);
+	}
+};
+
+// Calls overlapping on one store each take a connection of their own;
+// one more than the pool holds fails DATABASE_ERROR once its wait for a
+// free connection runs out, and the others complete.
+static void test_overlapping_calls(void **state)
+{
+	users(store(state), {"a", "b"});
+	std::string g = make_group(store(state), "a", {"b"});
+	InterleavingWait w;
+	PgOptions o = options(dsn(state));
+	o.io = &w;
+	o.connections = 2;
+	o.query_timeout_ms = 300;
+	auto opened = open_postgres_store(o);
+	assert_true(opened.ok());
+	Store &s = **opened;
+	std::vector<int64_t> seqs;
+	bool exhausted = false;
+	w.during = [&]() { // the first call is in flight on one connection
+		w.during = [&]() { // and a second on the other
+			auto third = s.is_participant(g, "a");
+			exhausted = !third.ok() && third.error().code == Err::DatabaseError;
+		};
+		seqs.push_back(send(s, g, "b", "inner").message.seq);
+		for (int i = 0; i < 3; i++)
+			seqs.push_back(send(s, g, "b", "inner").message.seq);
+	};
+	seqs.push_back(send(s, g, "a", "outer").message.seq);
+	assert_true(exhausted);
+	std::sort(seqs.begin(), seqs.end());
+	for (size_t i = 0; i < seqs.size(); i++)
+		assert_int_equal(seqs[i], static_cast<int64_t>(i) + 1);
+	assert_int_equal(check_seqs(s, g, "a"), 5);
+	assert_true(s.healthy());
+}
+
 // ---- several nodes ----
 
 // Two stores on one database (two nodes), writing the same conversation
@@ -843,6 +908,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_read_marks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copies_and_replies, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_activity_order, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_nul_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_overlapping_calls, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_idempotency_race, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_direct_pair_race, setup, teardown),

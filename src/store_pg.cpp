@@ -77,6 +77,38 @@ std::string one_line(const char *msg)
 	return s.empty() ? "unknown error" : s;
 }
 
+// The password written in a connection string, as text (key=value or
+// URI form), found without parsing it: libpq's complaint about a string
+// it cannot parse may quote any part of it.
+std::string password_in(const std::string &dsn)
+{
+	size_t at = dsn.find("password=");
+	if (at != std::string::npos) {
+		size_t from = at + strlen("password=");
+		if (from < dsn.size() && dsn[from] == '\'')
+			return dsn.substr(from + 1, dsn.find('\'', from + 1) - from - 1);
+		return dsn.substr(from, dsn.find_first_of(" \t&", from) - from);
+	}
+	size_t scheme = dsn.find("://");
+	if (scheme == std::string::npos)
+		return "";
+	size_t user = scheme + 3, end = dsn.find('@', user), colon = dsn.find(':', user);
+	if (end == std::string::npos || colon == std::string::npos || colon > end)
+		return "";
+	return dsn.substr(colon + 1, end - colon - 1);
+}
+
+// A message about the connection string with its password masked.
+std::string mask_password(std::string msg, const std::string &dsn)
+{
+	std::string secret = password_in(dsn);
+	if (secret.empty())
+		return msg;
+	for (size_t at; (at = msg.find(secret)) != std::string::npos;)
+		msg.replace(at, secret.size(), "***");
+	return msg;
+}
+
 // The target of a connection string for the operator: user@host:port/db,
 // never the password.
 std::string describe_dsn(const std::string &dsn)
@@ -86,7 +118,7 @@ std::string describe_dsn(const std::string &dsn)
 	if (!opts) {
 		std::string m = one_line(err);
 		PQfreemem(err);
-		return "(invalid connection string: " + m + ")";
+		return "(invalid connection string: " + mask_password(m, dsn) + ")";
 	}
 	std::string user, host, port, db;
 	for (PQconninfoOption *o = opts; o->keyword; o++) {
@@ -492,7 +524,9 @@ Result<ConnPtr> PgStore::connect(bool prepare)
 	auto failed = [&](PGconn *c, const char *why) {
 		return make_error(Err::DatabaseError,
 				  "PostgreSQL " + target_ + ": cannot connect: " +
-					  (why ? std::string(why) : one_line(c ? PQerrorMessage(c) : nullptr)));
+					  (why ? std::string(why)
+					       : mask_password(one_line(c ? PQerrorMessage(c) : nullptr),
+							       opts_.dsn)));
 	};
 	ConnPtr conn(PQconnectStart(opts_.dsn.c_str()));
 	PGconn *c = conn.get();

@@ -830,6 +830,12 @@ static void test_open_errors(void **)
 	r = open_postgres_store(o);
 	assert_false(r.ok());
 	assert_true(r.error().message.find("s3cr3t") == std::string::npos);
+	o.dsn = "postgresql://nobody:s3%zzcr3t@/qryptchat"; // libpq quotes what it cannot decode
+	r = open_postgres_store(o);
+	assert_false(r.ok());
+	if (r.error().message.find("s3%zzcr3t") != std::string::npos ||
+	    r.error().message.find("zzcr") != std::string::npos)
+		fail_msg("%s", r.error().message.c_str());
 	o.dsn = dsn_of("no_such_database");
 	r = open_postgres_store(o);
 	assert_false(r.ok());

@@ -65,6 +65,18 @@ int64_t mono_ms()
 	return mono_us() / 1000;
 }
 
+// The deadline `ms` from now, or -1 (none) when ms <= 0 (no limit).
+int64_t deadline_in(int64_t ms)
+{
+	return ms > 0 ? mono_ms() + ms : -1;
+}
+
+// What is left of a deadline for IoWait::wait(): -1 for none, else >= 0.
+int64_t left_of(int64_t deadline)
+{
+	return deadline < 0 ? -1 : std::max<int64_t>(0, deadline - mono_ms());
+}
+
 // libpq's messages end with a newline (sometimes several lines).
 std::string one_line(const char *msg)
 {
@@ -443,6 +455,12 @@ private:
 	// Sends what libpq has buffered, then reads every result of the
 	// statement(s) sent into `out`, waiting through the IoWait.
 	Io finish(PGconn *c, int64_t deadline_ms, std::vector<ResPtr> &out);
+	// When a statement sent now is given up: the server's own timeout
+	// plus kGraceMs, or -1 (never) without a timeout.
+	int64_t query_deadline() const
+	{
+		return opts_.query_timeout_ms > 0 ? deadline_in(opts_.query_timeout_ms + kGraceMs) : -1;
+	}
 	// Runs SQL text (several statements allowed) by the simple protocol;
 	// used at open only.  Errors carry PostgreSQL's message.
 	Result<std::vector<ResPtr>> simple(PGconn *c, const char *sql, const char *what);
@@ -489,7 +507,7 @@ PgStore::~PgStore()
 
 PgStore::Io PgStore::finish(PGconn *c, int64_t deadline_ms, std::vector<ResPtr> &out)
 {
-	auto left = [&]() { return std::max<int64_t>(0, deadline_ms - mono_ms()); };
+	auto left = [&]() { return left_of(deadline_ms); };
 	if (PQsocket(c) < 0)
 		return Io::Broken;
 	for (;;) {
@@ -520,7 +538,7 @@ PgStore::Io PgStore::finish(PGconn *c, int64_t deadline_ms, std::vector<ResPtr> 
 
 Result<ConnPtr> PgStore::connect(bool prepare)
 {
-	int64_t deadline = mono_ms() + opts_.connect_timeout_ms;
+	int64_t deadline = deadline_in(opts_.connect_timeout_ms);
 	auto failed = [&](PGconn *c, const char *why) {
 		return make_error(Err::DatabaseError,
 				  "PostgreSQL " + target_ + ": cannot connect: " +
@@ -542,7 +560,7 @@ Result<ConnPtr> PgStore::connect(bool prepare)
 		int fd = PQsocket(c);
 		if (fd < 0)
 			return failed(c, nullptr);
-		if (!io_->wait(fd, st == PGRES_POLLING_WRITING, std::max<int64_t>(0, deadline - mono_ms())))
+		if (!io_->wait(fd, st == PGRES_POLLING_WRITING, left_of(deadline)))
 			return failed(c, "timed out");
 		st = PQconnectPoll(c);
 	}
@@ -551,7 +569,8 @@ Result<ConnPtr> PgStore::connect(bool prepare)
 	PQsetNoticeProcessor(c, log_notice, nullptr);
 	// The server cancels a statement that outlives the call's timeout, so
 	// that a timed-out write is rolled back and the connection kept.
-	std::string setup = "SET statement_timeout = " + std::to_string(opts_.query_timeout_ms) +
+	std::string setup = "SET statement_timeout = " +
+			    std::to_string(std::max<int64_t>(0, opts_.query_timeout_ms)) +
 			    "; SET client_encoding = 'UTF8';";
 	if (prepare)
 		setup += kPrepareSql;
@@ -569,7 +588,7 @@ Result<std::vector<ResPtr>> PgStore::simple(PGconn *c, const char *sql, const ch
 	};
 	if (!PQsendQuery(c, sql))
 		return failed(one_line(PQerrorMessage(c)));
-	Io io = finish(c, mono_ms() + opts_.query_timeout_ms + kGraceMs, out);
+	Io io = finish(c, query_deadline(), out);
 	if (io == Io::Timeout)
 		return failed("timed out");
 	if (io == Io::Broken)
@@ -669,8 +688,8 @@ std::optional<size_t> PgStore::acquire(int64_t deadline_ms)
 		}
 		// Every connection is held by a suspended call: wait until one is
 		// released (release() makes the pipe readable while anyone waits).
-		int64_t left = deadline_ms - mono_ms();
-		if (left <= 0)
+		int64_t left = left_of(deadline_ms);
+		if (left == 0)
 			return std::nullopt;
 		waiters_++;
 		bool woke = io_->wait(wake_[0], false, left);
@@ -721,7 +740,7 @@ Result<ResPtr> PgStore::call(const char *op, const char *stmt, const Params &p)
 	if (p.has_nul())
 		return make_error(Err::InvalidData, "Text holds a NUL character");
 	last_ok_ = false;
-	auto index = acquire(mono_ms() + opts_.query_timeout_ms);
+	auto index = acquire(deadline_in(opts_.query_timeout_ms));
 	if (!index) {
 		QC_WARN("store_error op=%s reason=\"no free connection in time\"", op);
 		return db_error();
@@ -745,7 +764,7 @@ Result<ResPtr> PgStore::call(const char *op, const char *stmt, const Params &p)
 		return db_error();
 	}
 	std::vector<ResPtr> out;
-	Io io = finish(c, mono_ms() + opts_.query_timeout_ms + kGraceMs, out);
+	Io io = finish(c, query_deadline(), out);
 	if (io != Io::Ok) {
 		std::string why = io == Io::Timeout ? "no answer in time" : one_line(PQerrorMessage(c));
 		if (io == Io::Timeout)

@@ -32,11 +32,12 @@ struct PgOptions {
 	std::string dsn;                   // libpq connection string or URI
 	IoWait *io = nullptr;              // nullptr: blocking_io_wait()
 	size_t connections = 4;            // pool size (the most overlapping calls)
-	int64_t connect_timeout_ms = 5000; // per connection attempt
+	int64_t connect_timeout_ms = 5000; // per connection attempt (0: no limit)
 	// Per call: the server cancels a statement running longer (its
 	// statement_timeout, so a cancelled write is rolled back) and the call
 	// fails DATABASE_ERROR; a server silent for 2 s more has its
 	// connection dropped.  Also the longest wait for a free connection.
+	// 0: no limit.
 	int64_t query_timeout_ms = 5000;
 };
 

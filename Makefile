@@ -109,7 +109,8 @@ QC_LDFLAGS := $(SANFLAGS) $(LDFLAGS)
 
 LIB_SRCS := $(wildcard src/*.cpp src/handlers/*.cpp)
 LIB_SRCS := $(filter-out src/main.cpp,$(LIB_SRCS))
-LIB_OBJS := $(LIB_SRCS:%.cpp=$(BUILD)/%.o) $(BUILD)/gen/schema_sql.o
+LIB_OBJS := $(LIB_SRCS:%.cpp=$(BUILD)/%.o) $(BUILD)/gen/schema_sql.o \
+	$(BUILD)/gen/schema_postgres_sql.o
 MAIN_OBJ := $(BUILD)/src/main.o
 
 UNIT_SRCS := $(wildcard tests/unit/test_*.cpp)
@@ -166,6 +167,14 @@ $(BUILD)/gen/schema_sql.cpp: schema.sql
 	  cat schema.sql; printf ')QCSQL";\n'; } > $@
 
 $(BUILD)/gen/schema_sql.o: $(BUILD)/gen/schema_sql.cpp
+	$(CXX) $(QC_CXXFLAGS) -c -o $@ $<
+
+$(BUILD)/gen/schema_postgres_sql.cpp: schema-postgres.sql
+	@mkdir -p $(dir $@)
+	{ printf 'extern "C" const char kSchemaPostgresSql[];\nextern "C" const char kSchemaPostgresSql[] = R"QCSQL('; \
+	  cat schema-postgres.sql; printf ')QCSQL";\n'; } > $@
+
+$(BUILD)/gen/schema_postgres_sql.o: $(BUILD)/gen/schema_postgres_sql.cpp
 	$(CXX) $(QC_CXXFLAGS) -c -o $@ $<
 
 # The version is rewritten only when it changes, so main.o rebuilds then.

@@ -9,8 +9,13 @@
 // idle connection of the pool for its duration.  A connection found broken
 // is reconnected by the next call that needs it.  The schema
 // (schema-postgres.sql, compiled in) is applied to an empty database and
-// migrated forward by its recorded version; a database from a newer
+// migrated forward by its recorded version, under an advisory lock so that
+// nodes starting together create it once; a database from a newer
 // qryptchatd is refused.
+//
+// PostgreSQL text cannot hold a NUL character: a call given one in any
+// text (an id, content, a client message id) fails INVALID_DATA without
+// reaching the database, where SQLite would have stored it.
 #pragma once
 
 #include <cstddef>
@@ -27,8 +32,13 @@ struct PgOptions {
 	std::string dsn;                   // libpq connection string or URI
 	IoWait *io = nullptr;              // nullptr: blocking_io_wait()
 	size_t connections = 4;            // pool size (the most overlapping calls)
-	int64_t connect_timeout_ms = 5000; // per connection attempt
-	int64_t query_timeout_ms = 5000;   // per call; past it the call fails DATABASE_ERROR
+	int64_t connect_timeout_ms = 5000; // per connection attempt (0: no limit)
+	// Per call: the server cancels a statement running longer (its
+	// statement_timeout, so a cancelled write is rolled back) and the call
+	// fails DATABASE_ERROR; a server silent for 2 s more has its
+	// connection dropped.  Also the longest wait for a free connection.
+	// 0: no limit.
+	int64_t query_timeout_ms = 5000;
 };
 
 // Connects (all connections of the pool), creating or migrating the schema

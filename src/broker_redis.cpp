@@ -50,6 +50,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -861,7 +863,7 @@ struct RedisBroker::Impl {
 			// Only frames some socket here will get are built.
 			std::string u(user);
 			if (rooms.online(u))
-				ev.per_user.emplace(std::move(u), frame_from(f));
+				ev.per_user.emplace(std::move(u), f.empty() ? FramePtr() : frame_from(f));
 		}
 		if (!rd.ok)
 			return;
@@ -1004,10 +1006,10 @@ size_t RedisBroker::publish(const std::string &room, const RoomEvent &ev)
 		put_field(msg, "");
 	}
 	for (const auto &p : ev.per_user) {
-		if (!p.second)
-			continue;
+		// An empty frame stands for none (frames are never empty).
 		put_field(msg, p.first);
-		put_field(msg, std::string_view(p.second->data(), p.second->size()));
+		put_field(msg, p.second ? std::string_view(p.second->data(), p.second->size())
+					: std::string_view());
 	}
 	im.publish_raw(kRoomPrefix + room, msg);
 	return n;

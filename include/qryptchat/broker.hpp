@@ -18,6 +18,7 @@ namespace qc {
 struct RoomEvent {
 	FramePtr frame;                                     // what every socket gets...
 	std::unordered_map<std::string, FramePtr> per_user; // ...unless its user has its own frame
+							    // (null: that user's sockets get nothing)
 	SessionId except = 0;                               // a socket that must not get it (0: none)
 	// Set on typing_update events, so that a cluster broker can end the
 	// typing that a node which died had announced.

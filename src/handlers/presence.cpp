@@ -45,6 +45,9 @@ void push_presence(Ctx &ctx, const std::string &user, bool online)
 						       .field("timestamp", ts)
 						       .end_object();
 				       });
+		// Not to the user's own sockets: in a cluster, presence is settled
+		// through Redis while the user may already have joined rooms.
+		ev.per_user.emplace(user, FramePtr());
 		ctx.stats.presence_pushes += ctx.broker.publish(conv, ev);
 	}
 }

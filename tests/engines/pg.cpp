@@ -25,9 +25,20 @@
 #include <vector>
 
 #include "engines.hpp"
-#include "qryptchat/util.hpp"
 
 namespace qc::test {
+
+namespace {
+
+// Monotonic milliseconds (this file is also linked without libqryptchat).
+int64_t now_ms()
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+} // namespace
 
 namespace {
 
@@ -155,8 +166,8 @@ bool PgServer::start()
 		return false;
 	}
 	std::string ping = "host=" + dir + " dbname=postgres user=" + g_as.name;
-	int64_t deadline = mono_us() / 1000 + kReadyTimeoutMs;
-	while (mono_us() / 1000 < deadline) {
+	int64_t deadline = now_ms() + kReadyTimeoutMs;
+	while (now_ms() < deadline) {
 		if (PQping(ping.c_str()) == PQPING_OK)
 			return true;
 		int status;

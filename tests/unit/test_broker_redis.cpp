@@ -477,24 +477,11 @@ static void test_bad_url(void **)
 	}
 }
 
-// The engine is someone else's to skip on (tests/engines); this test only
-// needs the same rule: visible skip, or failure when engines are required.
-static bool skip_without_redis(const std::string &why)
-{
-	const char *req = getenv("QC_REQUIRE_ENGINES");
-	if (req && std::string(req) == "1") {
-		fprintf(stderr, "broker_redis: Redis required (QC_REQUIRE_ENGINES=1): %s\n", why.c_str());
-		exit(1);
-	}
-	printf("SKIPPED: broker_redis: %s\n", why.c_str());
-	return true;
-}
-
 int main(void)
 {
 	std::string why;
 	g_redis = test::start_redis(&why);
-	if (!g_redis && skip_without_redis(why))
+	if (!g_redis && test::skip_without_engine("broker_redis", why))
 		return 0;
 	// Connection changes are logged at warn; the rest would be noise here.
 	g_log_level = LogLevel::Warn;

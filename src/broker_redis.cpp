@@ -364,11 +364,17 @@ struct RedisBroker::Impl {
 	// Channels whose subscription Redis confirmed (for the gauges).
 	std::set<std::string> subscribed;
 	size_t subscribed_rooms = 0, subscribed_users = 0;
-	// Channels named in (UN)SUBSCRIBE commands sent on this link, and the
-	// confirmations received (one per channel, in order); when_subscribed
-	// callers wait for the count at their call.
+	// Channels named in (UN)SUBSCRIBE commands sent on this link and the
+	// confirmations received (one per channel, in order), and likewise
+	// scripts sent and answered: when_settled callers wait for both counts
+	// as they were at their call.
 	uint64_t sub_sent = 0, sub_confirmed = 0;
-	std::deque<std::pair<uint64_t, std::function<void()>>> sub_waiters;
+	uint64_t scripts_sent = 0, scripts_done = 0;
+	struct Waiter {
+		uint64_t subs, scripts;
+		std::function<void()> done;
+	};
+	std::deque<Waiter> waiters;
 	int inflight = 0; // scripts awaiting their reply
 
 	// Mirror of presence on the other nodes: user → the nodes (not this
@@ -506,8 +512,8 @@ struct RedisBroker::Impl {
 		presence_log.clear();
 		subscribed.clear();
 		subscribed_rooms = subscribed_users = 0;
-		sub_sent = sub_confirmed = 0;
-		release_sub_waiters(true); // nothing more will be confirmed on this link
+		sub_sent = sub_confirmed = scripts_sent = scripts_done = 0;
+		release_waiters(true); // nothing more will be answered on this link
 		ev_timer_stop(loop, &lease_timer);
 		if (was_up)
 			QC_WARN("redis_down url=%s: local delivery only until it returns",
@@ -618,11 +624,12 @@ struct RedisBroker::Impl {
 		return true;
 	}
 
-	void release_sub_waiters(bool all)
+	void release_waiters(bool all)
 	{
-		while (!sub_waiters.empty() && (all || sub_waiters.front().first <= sub_confirmed)) {
-			std::function<void()> done = std::move(sub_waiters.front().second);
-			sub_waiters.pop_front();
+		while (!waiters.empty() && (all || (waiters.front().subs <= sub_confirmed &&
+						    waiters.front().scripts <= scripts_done))) {
+			std::function<void()> done = std::move(waiters.front().done);
+			waiters.pop_front();
 			done();
 		}
 	}
@@ -648,6 +655,7 @@ struct RedisBroker::Impl {
 			return false;
 		}
 		inflight++;
+		scripts_sent++;
 		return true;
 	}
 
@@ -681,6 +689,12 @@ struct RedisBroker::Impl {
 		if (im->dying)
 			return;
 		im->inflight--;
+		im->scripts_done++;
+		// After the reply has had its effect (presence pushes decided).
+		struct Release {
+			Impl *im;
+			~Release() { im->release_waiters(false); }
+		} release{im};
 		auto *reply = static_cast<redisReply *>(r);
 		if (reply && reply->type == REDIS_REPLY_ERROR)
 			QC_WARN("redis_script_error node=%s error=%s", log_str(im->opts.node_id).c_str(),
@@ -809,7 +823,7 @@ struct RedisBroker::Impl {
 		if (kind == "subscribe" || kind == "unsubscribe") {
 			im->subscription(channel, kind == "subscribe");
 			im->sub_confirmed++;
-			im->release_sub_waiters(false);
+			im->release_waiters(false);
 			return;
 		}
 		if (kind != "message")
@@ -1105,14 +1119,14 @@ ClusterStats RedisBroker::stats() const
 	return s;
 }
 
-void RedisBroker::when_subscribed(std::function<void()> done)
+void RedisBroker::when_settled(std::function<void()> done)
 {
 	Impl &im = *impl_;
-	if (!im.sub || im.sub_confirmed >= im.sub_sent) {
+	if (!im.sub || !im.cmd || (im.sub_confirmed >= im.sub_sent && im.scripts_done >= im.scripts_sent)) {
 		done();
 		return;
 	}
-	im.sub_waiters.emplace_back(im.sub_sent, std::move(done));
+	im.waiters.push_back(Impl::Waiter{im.sub_sent, im.scripts_sent, std::move(done)});
 }
 
 bool RedisBroker::idle() const

@@ -1418,14 +1418,14 @@ void Server::Impl::token_changed(SessionId id)
 	ev_timer_start(loop, &s->token_timer.w);
 }
 
-// A cluster broker confirms subscriptions through Redis: the request waits
-// for that (on its fiber), at most a couple of seconds; with Redis down
-// there is nothing to wait for.
+// A cluster broker confirms subscriptions and presence changes through
+// Redis: the request waits for that (on its fiber), at most a couple of
+// seconds; with Redis down there is nothing to wait for.
 void Server::Impl::await_broker()
 {
 	if (!redis || !fibers)
 		return;
-	fibers->park([this](std::function<void()> wake) { redis->when_subscribed(std::move(wake)); },
+	fibers->park([this](std::function<void()> wake) { redis->when_settled(std::move(wake)); },
 		     kBrokerWaitMs);
 }
 

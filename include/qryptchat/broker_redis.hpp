@@ -75,8 +75,10 @@ public:
 
 	ClusterStats stats() const;
 	// Calls `done` once every subscription asked for so far is confirmed by
-	// Redis, or at once when none is pending or Redis is down.
-	void when_subscribed(std::function<void()> done);
+	// Redis and every presence change sent so far has been answered (and
+	// its pushes decided), or at once when nothing is pending or Redis is
+	// down.
+	void when_settled(std::function<void()> done);
 	// No presence script is waiting for its reply: every user_up,
 	// user_down and lease renewal sent so far has had its effect here.
 	bool idle() const;

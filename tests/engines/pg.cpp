@@ -12,6 +12,7 @@
 #include <libpq-fe.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -93,6 +94,7 @@ pid_t spawn(const RunAs &as, const std::vector<std::string> &argv, const std::st
 	for (const auto &a : argv)
 		args.push_back(const_cast<char *>(a.c_str()));
 	args.push_back(nullptr);
+	pid_t parent = getpid();
 	pid_t pid = fork();
 	if (pid != 0)
 		return pid;
@@ -108,6 +110,11 @@ pid_t spawn(const RunAs &as, const std::vector<std::string> &argv, const std::st
 	setsid(); // a terminal's ^C reaches the tests, which stop the server themselves
 	if (as.drop && (setgroups(0, nullptr) != 0 || setgid(as.gid) != 0 || setuid(as.uid) != 0))
 		_exit(126);
+	// A test that crashes takes its server with it (fast shutdown).  Set
+	// after setuid(), which clears it; a parent already gone is seen by
+	// getppid() no longer being it.
+	if (prctl(PR_SET_PDEATHSIG, SIGINT) != 0 || getppid() != parent)
+		_exit(125);
 	execv(args[0], args.data());
 	_exit(127);
 }

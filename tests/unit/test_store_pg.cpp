@@ -9,15 +9,19 @@
 // Each test gets a database of its own.  Without PostgreSQL installed the
 // binary prints "SKIPPED: ..." and passes (fails with QC_REQUIRE_ENGINES=1).
 #include <libpq-fe.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <set>
+#include <thread>
 
 #include "../engines/engines.hpp"
 #include "cmocka.hpp"
@@ -623,6 +627,158 @@ static void test_overlapping_calls(void **state)
 	assert_true(s.healthy());
 }
 
+// Fibers as the server runs requests: only one runs at a time, and a
+// call that waits parks its fiber until the descriptor is ready while the
+// others run; a scheduler polls for every parked fiber at once.  Each
+// fiber is a thread handing a baton back and forth (rather than a
+// ucontext, which AddressSanitizer does not fully follow), so they never
+// run together.  Calls from the main thread (open) block as usual.
+class FiberWait final : public IoWait
+{
+public:
+	void spawn(std::function<void()> body)
+	{
+		auto f = std::make_unique<Fiber>();
+		f->body = std::move(body);
+		fibers_.push_back(std::move(f));
+	}
+
+	// Runs every fiber to its end.
+	void run()
+	{
+		for (size_t i = 0; i < fibers_.size(); i++) {
+			fibers_[i]->thread = std::thread([this, i]() {
+				Fiber &f = *fibers_[i];
+				t_fiber = static_cast<int>(i);
+				{
+					std::unique_lock<std::mutex> l(m_);
+					cv_.wait(l, [&]() { return running_ == static_cast<int>(i); });
+				}
+				f.body();
+				std::lock_guard<std::mutex> l(m_);
+				f.done = true;
+				running_ = -1;
+				cv_.notify_all();
+			});
+		}
+		for (size_t i = 0; i < fibers_.size(); i++)
+			resume(i, true);
+		for (;;) {
+			std::vector<pollfd> fds;
+			std::vector<size_t> who;
+			int64_t first = -1;
+			for (size_t i = 0; i < fibers_.size(); i++) {
+				const Fiber &f = *fibers_[i];
+				if (f.done)
+					continue;
+				fds.push_back({f.fd, static_cast<short>(f.write ? POLLOUT : POLLIN), 0});
+				who.push_back(i);
+				if (f.deadline >= 0 && (first < 0 || f.deadline < first))
+					first = f.deadline;
+			}
+			if (who.empty())
+				break;
+			int timeout = first < 0 ? -1 : static_cast<int>(std::max<int64_t>(0, first - mono_us() / 1000));
+			if (poll(fds.data(), fds.size(), timeout) < 0 && errno != EINTR)
+				fail_msg("poll: %s", strerror(errno));
+			int64_t now = mono_us() / 1000;
+			for (size_t k = 0; k < who.size(); k++) {
+				const Fiber &f = *fibers_[who[k]];
+				if (fds[k].revents)
+					resume(who[k], true);
+				else if (f.deadline >= 0 && f.deadline <= now)
+					resume(who[k], false);
+			}
+		}
+		for (auto &f : fibers_)
+			f->thread.join();
+	}
+
+	bool wait(int fd, bool write, int64_t timeout_ms) override
+	{
+		if (t_fiber < 0)
+			return blocking_io_wait().wait(fd, write, timeout_ms);
+		std::unique_lock<std::mutex> l(m_);
+		Fiber &f = *fibers_[t_fiber];
+		f.fd = fd;
+		f.write = write;
+		f.deadline = timeout_ms < 0 ? -1 : mono_us() / 1000 + timeout_ms;
+		max_parked = std::max(max_parked, ++parked_);
+		running_ = -1; // back to the scheduler
+		cv_.notify_all();
+		cv_.wait(l, [&]() { return running_ == t_fiber; });
+		parked_--;
+		return f.ready;
+	}
+
+	int max_parked = 0; // the most fibers waiting at once
+
+private:
+	struct Fiber {
+		std::thread thread;
+		std::function<void()> body;
+		bool done = false;
+		int fd = -1;
+		bool write = false;
+		int64_t deadline = -1;
+		bool ready = false;
+	};
+
+	// Hands the baton to fiber i until it waits again or ends.
+	void resume(size_t i, bool ready)
+	{
+		std::unique_lock<std::mutex> l(m_);
+		fibers_[i]->ready = ready;
+		running_ = static_cast<int>(i);
+		cv_.notify_all();
+		cv_.wait(l, [&]() { return running_ == -1; });
+	}
+
+	static thread_local int t_fiber; // this thread's fiber, -1 on the main thread
+	std::mutex m_;
+	std::condition_variable cv_;
+	int running_ = -1; // the fiber holding the baton, -1: the scheduler
+	int parked_ = 0;
+	std::vector<std::unique_ptr<Fiber>> fibers_;
+};
+thread_local int FiberWait::t_fiber = -1;
+
+// More requests at once than the pool has connections, as fibers of one
+// thread: each call waits for a free connection, and all complete.
+static void test_fibers_share_the_pool(void **state)
+{
+	users(store(state), {"a", "b"});
+	std::string g = make_group(store(state), "a", {"b"});
+	FiberWait w;
+	PgOptions o = options(dsn(state));
+	o.io = &w;
+	o.connections = 2;
+	auto opened = open_postgres_store(o);
+	assert_true(opened.ok());
+	Store &s = **opened;
+	const int fibers = 6, each = 20;
+	int failures = 0;
+	std::vector<int64_t> seqs;
+	for (int i = 0; i < fibers; i++)
+		w.spawn([&, i]() {
+			for (int n = 0; n < each; n++) {
+				auto m = s.insert_message(text_message(g, i % 2 ? "a" : "b", "fiber"));
+				auto p = s.load_messages(PageQuery{g, "a", 5, std::nullopt, std::nullopt});
+				if (!m || !p || !s.healthy())
+					failures++;
+				else
+					seqs.push_back(m->message.seq);
+			}
+		});
+	w.run();
+	assert_int_equal(failures, 0);
+	assert_int_equal(w.max_parked, fibers); // all were waiting at once, most for a connection
+	std::sort(seqs.begin(), seqs.end());
+	for (size_t i = 0; i < seqs.size(); i++)
+		assert_int_equal(seqs[i], static_cast<int64_t>(i) + 1);
+	assert_int_equal(check_seqs(s, g, "a"), fibers * each);
+}
+
 // ---- several nodes ----
 
 // Two stores on one database (two nodes), writing the same conversation
@@ -916,6 +1072,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_activity_order, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_nul_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_overlapping_calls, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fibers_share_the_pool, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_idempotency_race, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_direct_pair_race, setup, teardown),

@@ -216,9 +216,9 @@ NewMessage child_message(const std::string &conv, const std::string &from, const
 }
 
 // Runs `body(i)` in `n` child processes at once (released together after
-// all have started); each child's exit status is body's return value.
-// Returns whether every child exited 0.
-template <typename F> bool in_children(int n, F body)
+// all have started), and meanwhile `during()` here; each child's exit
+// status is body's return value.  Returns whether every child exited 0.
+template <typename F> bool in_children(int n, F body, const std::function<void()> &during = nullptr)
 {
 	int go[2];
 	assert_int_equal(pipe(go), 0);
@@ -238,6 +238,8 @@ template <typename F> bool in_children(int n, F body)
 	}
 	close(go[0]);
 	close(go[1]); // go: every child's read returns
+	if (during)
+		during();
 	bool ok = true;
 	for (pid_t pid : kids) {
 		int status = 0;
@@ -818,8 +820,27 @@ static void test_concurrent_writers(void **state)
 	assert_str_eq(a.value("SELECT count(DISTINCT seq) FROM messages"), std::to_string(100 + kids * each));
 }
 
+// Waits until `n` sessions of the database wait for a lock (asked on a
+// connection of its own: statistics views are read once per transaction).
+static void await_lock_waiters(const std::string &dsn, int n)
+{
+	Admin a(dsn);
+	int64_t deadline = mono_us() / 1000 + 30000;
+	std::string q = "SELECT count(*) FROM pg_stat_activity "
+			"WHERE datname = current_database() AND wait_event_type = 'Lock'";
+	while (a.value(q) != std::to_string(n)) {
+		if (mono_us() / 1000 > deadline)
+			fail_msg("%d sessions never waited for a lock together", n);
+		usleep(10000); // polling interval, not a synchronisation
+	}
+}
+
 // The same (sender, client_message_id) sent by several processes at once:
 // one message, every sender told of that one, no seq used by the others.
+// For the first key the race is certain: this test holds the
+// conversation's row until every child has found no message under the
+// key and waits for the row, so all but one insert it only to find it
+// stored by another.
 static void test_idempotency_race(void **state)
 {
 	Store &s = store(state);
@@ -829,6 +850,13 @@ static void test_idempotency_race(void **state)
 	int out[2];
 	assert_int_equal(pipe(out), 0);
 	const int kids = 6, keys = 20;
+	Admin a(d);
+	a.value("BEGIN");
+	a.value("SELECT 1 FROM conversations WHERE id = '" + g + "' FOR UPDATE");
+	auto release = [&]() {
+		await_lock_waiters(d, kids);
+		a.value("COMMIT");
+	};
 	bool ok = in_children(kids, [&](int) {
 		close(out[0]);
 		auto r = open_postgres_store(options(d));
@@ -845,7 +873,7 @@ static void test_idempotency_race(void **state)
 				return 4;
 		}
 		return 0;
-	});
+	}, release);
 	close(out[1]);
 	assert_true(ok);
 	std::string all;
@@ -881,7 +909,10 @@ static void test_idempotency_race(void **state)
 }
 
 // Both sides of many pairs create their direct conversation at once from
-// several processes: one conversation per pair.
+// several processes: one conversation per pair.  For the first pair the
+// race is certain: this test inserts the pair's conversation and holds
+// its transaction open until every child's insert waits for it, so all
+// of them find the pair taken only once it commits.
 static void test_direct_pair_race(void **state)
 {
 	Store &s = store(state);
@@ -893,6 +924,16 @@ static void test_direct_pair_race(void **state)
 	std::string d = dsn(state);
 	int out[2];
 	assert_int_equal(pipe(out), 0);
+	Admin a(d);
+	a.value("BEGIN");
+	a.value("INSERT INTO conversations (id, type, created_by, created_at, updated_at, direct_key) "
+		"VALUES ('held', 'direct', 'x0', 1, 1, E'x0\\ny0')");
+	a.value("INSERT INTO participants (conversation_id, user_id, role, joined_at) "
+		"VALUES ('held', 'x0', 'admin', 1), ('held', 'y0', 'member', 1)");
+	auto release = [&]() {
+		await_lock_waiters(d, kids);
+		a.value("COMMIT");
+	};
 	bool ok = in_children(kids, [&](int i) {
 		close(out[0]);
 		auto r = open_postgres_store(options(d));
@@ -910,7 +951,7 @@ static void test_direct_pair_race(void **state)
 				return 4;
 		}
 		return 0;
-	});
+	}, release);
 	close(out[1]);
 	assert_true(ok);
 	std::string all;
@@ -932,7 +973,7 @@ static void test_direct_pair_race(void **state)
 	assert_int_equal(ids.size(), pairs);
 	for (const auto &it : ids)
 		assert_int_equal(it.second.size(), 1);
-	Admin a(d);
+	assert_str_eq(*ids[0].begin(), "held");
 	assert_str_eq(a.value("SELECT count(*) FROM conversations"), std::to_string(pairs));
 	assert_str_eq(a.value("SELECT count(*) FROM participants"), std::to_string(2 * pairs));
 }

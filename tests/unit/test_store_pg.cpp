@@ -979,10 +979,19 @@ static void test_direct_pair_race(void **state)
 }
 
 // Nodes starting together on an empty database: one creates the schema,
-// the others wait for it and use it.
+// the others wait for it and use it.  The test holds the store's schema
+// lock (the key of store_pg.cpp) until all six wait for it, so that they
+// all find the database empty before any goes on.
 static void test_schema_applied_once(void **)
 {
 	std::string d = fresh_db();
+	Admin a(d);
+	a.value("BEGIN");
+	a.value("SELECT pg_advisory_xact_lock(8174729797241954676)");
+	auto release = [&]() {
+		await_lock_waiters(d, 6);
+		a.value("COMMIT");
+	};
 	bool ok = in_children(6, [&](int) {
 		auto r = open_postgres_store(options(d));
 		if (!r) {
@@ -990,9 +999,8 @@ static void test_schema_applied_once(void **)
 			return 2;
 		}
 		return (*r)->upsert_user("u", ProfileHints{}).ok() ? 0 : 3;
-	});
+	}, release);
 	assert_true(ok);
-	Admin a(d);
 	assert_str_eq(a.value("SELECT count(*) || ' ' || max(version) FROM qryptchat_schema"), "1 1");
 	auto s = open_store(d); // and a later start finds it
 	assert_true((*s->get_user("u")).has_value());

@@ -141,6 +141,8 @@ void sleep_ms(long ms)
 	nanosleep(&ts, nullptr);
 }
 
+// Found by start_postgres(), used again by PgServer::start() (whose
+// struct, shared with the Redis half in engines.hpp, has no room for them).
 std::string g_bindir;
 RunAs g_as;
 

@@ -20,13 +20,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
 
 #include "engines.hpp"
-#include "qryptchat/util.hpp"
 
 namespace qc::test {
 
@@ -135,6 +135,15 @@ int remove_entry(const char *path, const struct stat *, int, struct FTW *)
 	return 0;
 }
 
+// Monotonic milliseconds (integration tests link no qryptchat library,
+// so not util's clock).
+int64_t mono_ms()
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
 void sleep_ms(long ms)
 {
 	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
@@ -164,8 +173,8 @@ bool PgServer::start()
 		return false;
 	}
 	std::string ping = "host=" + dir + " dbname=postgres user=" + g_as.name;
-	int64_t deadline = mono_us() / 1000 + kReadyTimeoutMs;
-	while (mono_us() / 1000 < deadline) {
+	int64_t deadline = mono_ms() + kReadyTimeoutMs;
+	while (mono_ms() < deadline) {
 		if (PQping(ping.c_str()) == PQPING_OK)
 			return true;
 		int status;

@@ -1,10 +1,11 @@
 // store (PostgreSQL): the Store contract of test_store.cpp against a
-// private PostgreSQL server (tests/engines), then what only several nodes
-// sharing one database can break: seqs under concurrent writers (two
-// stores in this process, and a burst from several processes),
+// private PostgreSQL server (tests/engines); overlapping calls on one
+// store (requests as fibers sharing the pool); then what only several
+// nodes sharing one database can break: seqs under concurrent writers
+// (two stores in this process, and a burst from several processes),
 // idempotency and direct pairs when identical requests race, the schema
-// created once when nodes start together, a newer schema refused, and the
-// database going away and coming back.
+// created once when nodes start together, a newer schema refused, a
+// statement timeout, and the database going away and coming back.
 //
 // Each test gets a database of its own.  Without PostgreSQL installed the
 // binary prints "SKIPPED: ..." and passes (fails with QC_REQUIRE_ENGINES=1).

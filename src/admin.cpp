@@ -319,6 +319,15 @@ bool is_admin_command(const std::string &name)
 int admin_main(const Config &cfg, const std::vector<std::string> &args)
 {
 	const std::string &cmd = args.at(0);
+	// PostgreSQL has its own tools for all of this (psql, pg_dump,
+	// pg_restore), which its operators already use.
+	if (cfg.store != "sqlite") {
+		fprintf(stderr,
+			"qryptchatd: %s works on the SQLite store; with store %s use PostgreSQL's tools "
+			"(psql, pg_dump, pg_restore), see qryptchatd(8)\n",
+			cmd.c_str(), cfg.store.c_str());
+		return kUsage;
+	}
 	if (cmd == "restore") {
 		if (args.size() != 2)
 			return usage("restore needs the backup file");

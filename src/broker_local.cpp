@@ -14,8 +14,11 @@ size_t deliver_local(const RoomTable &rooms, DeliverySink &sink, const std::stri
 		const FramePtr *f = &ev.frame;
 		if (!ev.per_user.empty()) {
 			auto it = ev.per_user.find(rooms.user_of(s));
-			if (it != ev.per_user.end())
+			if (it != ev.per_user.end()) {
+				if (!it->second)
+					continue;
 				f = &it->second;
+			}
 		}
 		sink.deliver(s, *f);
 		n++;

@@ -49,12 +49,34 @@ const std::vector<Directive> kTable = {
 	 "PEM private key of tls_cert. Re-read on SIGHUP.",
 	 &Config::tls_key},
 	// storage
+	{"store", DirType::Enum, "sqlite", 0, 0, "sqlite postgresql", false,
+	 "Where the chat is kept: sqlite (the database file, one node) or postgresql (postgres_dsn, shared by every node of a cluster).",
+	 &Config::store},
 	{"database", DirType::Path, "/var/lib/qryptchatd/qryptchatd.db", 0, 0, nullptr, false,
 	 "Path of the SQLite database (created if absent).",
 	 &Config::database},
 	{"durability", DirType::Enum, "normal", 0, 0, "normal full", false,
 	 "SQLite synchronous mode: normal survives a process crash, full also a power loss.",
 	 &Config::durability},
+	{"postgres_dsn", DirType::String, "", 0, 0, nullptr, false,
+	 "libpq connection string or URI of the PostgreSQL database (store postgresql), e.g. host=/run/postgresql dbname=qryptchat; keep a password in a passfile, not here.",
+	 &Config::postgres_dsn},
+	{"postgres_connections", DirType::Int, "4", 1, 64, nullptr, false,
+	 "PostgreSQL connections of this node: the most queries in flight at once.",
+	 &Config::postgres_connections},
+	// cluster
+	{"broker", DirType::Enum, "local", 0, 0, "local redis", false,
+	 "How pushes reach sockets: local (this process only) or redis (every node of a cluster, through redis_url; needs store postgresql).",
+	 &Config::broker},
+	{"redis_url", DirType::String, "redis://127.0.0.1:6379", 0, 0, nullptr, false,
+	 "Redis server of the cluster broker: redis://host:port or unix:/path/to/socket.",
+	 &Config::redis_url},
+	{"node_id", DirType::String, "", 0, 0, nullptr, false,
+	 "This node's name in the cluster, unique per node; empty uses the host name and process id.",
+	 &Config::node_id},
+	{"presence_ttl", DirType::Duration, "15s", 1 * SEC, 10 * MIN, nullptr, false,
+	 "How soon the users of a node that stopped (killed, cut off) are shown offline by the other nodes.",
+	 &Config::presence_ttl_ms},
 	// authentication
 	{"jwt_secret_file", DirType::Path, "", 0, 0, nullptr, true,
 	 "File holding the HS256 secret (at least 32 bytes); without it QRYPTCHAT_JWT_SECRET is used.",
@@ -476,8 +498,15 @@ std::optional<ConfigError> config_validate(const Config &cfg)
 				   format_duration_ms(cfg.idle_timeout_ms) +
 					   " must be longer than ping_interval (" +
 					   format_duration_ms(cfg.ping_interval_ms) + ")"};
-	if (cfg.database.empty())
+	if (cfg.store == "sqlite" && cfg.database.empty())
 		return ConfigError{where, "database", "must not be empty"};
+	if (cfg.store == "postgresql" && cfg.postgres_dsn.empty())
+		return ConfigError{where, "postgres_dsn", "store postgresql needs a connection string"};
+	if (cfg.broker == "redis" && cfg.store != "postgresql")
+		return ConfigError{where, "broker",
+				   "redis joins several nodes, which need a shared store: set store postgresql"};
+	if (cfg.broker == "redis" && cfg.redis_url.empty())
+		return ConfigError{where, "redis_url", "must not be empty with broker redis"};
 	if (cfg.tls_cert.empty() != cfg.tls_key.empty())
 		return ConfigError{where, cfg.tls_cert.empty() ? "tls_cert" : "tls_key",
 				   "tls_cert and tls_key go together"};

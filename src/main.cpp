@@ -156,8 +156,9 @@ std::string drop_privileges(const qc::Config &cfg, const std::optional<Account> 
 			qc::log_str("set the user directive to serve as an unprivileged user").c_str());
 		return "";
 	}
-	if (auto e = give_database(cfg.database, *a); !e.empty())
-		return e;
+	if (cfg.store == "sqlite")
+		if (auto e = give_database(cfg.database, *a); !e.empty())
+			return e;
 	if (initgroups(a->name.c_str(), a->gid) != 0 || setgid(a->gid) != 0 || setuid(a->uid) != 0)
 		return "cannot become user " + a->name + ": " + strerror(errno);
 	if (a->uid != 0 && (setuid(0) == 0 || seteuid(0) == 0))

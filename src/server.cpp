@@ -15,14 +15,18 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <unordered_map>
 
 #include "qryptchat/broker.hpp"
+#include "qryptchat/broker_redis.hpp"
+#include "qryptchat/fiber.hpp"
 #include "qryptchat/handlers.hpp"
 #include "qryptchat/log.hpp"
 #include "qryptchat/session.hpp"
 #include "qryptchat/stats.hpp"
+#include "qryptchat/store_pg.hpp"
 #include "qryptchat/store_sqlite.hpp"
 #include "qryptchat/web.hpp"
 
@@ -69,6 +73,19 @@ constexpr ev_tstamp kShutdownGraceS = 0.5;
 // then whenever it has doubled since the last sweep (see sweep_per_ip).
 constexpr size_t kPerIpSweepMin = 1024;
 
+// With the PostgreSQL store, a connection's requests wait in its lane while
+// an earlier one waits for the database; past this many, lws stops reading
+// the socket until the lane drains (TCP then pushes back on the client).
+constexpr size_t kMaxQueuedRequests = 64;
+
+// The lane of tasks that belong to no connection (presence pushes decided
+// by the cluster broker, the database probe).  Session ids start at 1.
+constexpr uint64_t kServerLane = 0;
+
+// The longest a join or an authentication waits for Redis to confirm a
+// subscription (see await_broker).
+constexpr int64_t kBrokerWaitMs = 2000;
+
 // The upgrade is refused with this HTTP status.
 struct Refusal {
 	unsigned int status;
@@ -96,7 +113,26 @@ struct Server::Impl final : public Host, public DeliverySink, public ClusterList
 	RoomTable rooms;
 	std::unique_ptr<Store> store;
 	std::unique_ptr<Broker> broker;
+	RedisBroker *redis = nullptr;      // the broker, when it is the cluster one
 	std::unique_ptr<Ctx> ctx;
+
+	// Requests that may wait for the database.  With SQLite they run inline
+	// (fibers is null); with PostgreSQL each runs on a fiber, in its
+	// connection's lane (see fiber.hpp).  A closed connection's session is
+	// kept, detached from lws, until its lane has finished.
+	std::unique_ptr<FiberPool> fibers;
+	bool database_ok = true;           // PostgreSQL: the last probe's answer
+	bool probe_running = false;
+	void run_task(uint64_t lane, std::function<void()> fn)
+	{
+		if (fibers)
+			fibers->run(lane, std::move(fn));
+		else
+			fn();
+	}
+	void lane_idle(uint64_t lane);
+	Status open_store();
+	void open_broker();
 
 	struct ev_loop *loop = nullptr;
 	lws_context *lws_ctx = nullptr;
@@ -114,6 +150,7 @@ struct Server::Impl final : public Host, public DeliverySink, public ClusterList
 	ev_timer shutdown_timer{};
 	ev_tstamp shutdown_deadline = 0;
 	bool stopping = false;
+	bool cluster_left = false;         // RedisBroker::shutdown() called
 	int exit_status = 0;
 	int64_t started_ms = 0;
 
@@ -188,7 +225,7 @@ struct Server::Impl final : public Host, public DeliverySink, public ClusterList
 	// ClusterListener
 	void presence_changed(const std::string &user, bool online) override
 	{
-		handle_presence_changed(*ctx, user, online);
+		run_task(kServerLane, [this, user, online] { handle_presence_changed(*ctx, user, online); });
 	}
 
 	// Host and DeliverySink
@@ -197,6 +234,7 @@ struct Server::Impl final : public Host, public DeliverySink, public ClusterList
 	void close(SessionId s, int code, const std::string &reason) override;
 	void token_changed(SessionId s) override;
 	void typing_changed() override;
+	void await_broker() override;
 
 	Session *find(SessionId id)
 	{
@@ -215,6 +253,7 @@ struct Server::Impl final : public Host, public DeliverySink, public ClusterList
 	bool write_each_by_lws(Session *s);
 	bool send_wire(Session *s);
 	void on_closed(Pss *pss);
+	void forget(SessionId id);
 	void on_destroy(Pss *pss);
 
 	std::string client_ip(lws *wsi);
@@ -469,14 +508,13 @@ Status Server::Impl::init()
 	apply_runtime_config();
 	log_route_lws();
 
-	SqliteOptions so;
-	so.path = cfg.database;
-	so.durability_full = cfg.durability == "full";
-	auto st = open_sqlite_store(so);
-	if (!st)
-		return st.error();
-	store = std::move(*st);
+	loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
+	if (!loop)
+		return make_error(Err::ServerError, "cannot create an epoll event loop");
+	ev_set_userdata(loop, this);
 
+	if (auto s = open_store(); !s)
+		return s;
 	store->begin_batch();
 	// The web client is a convenience: without its files the chat server
 	// still runs, and says why / answers as it does.
@@ -487,13 +525,8 @@ Status Server::Impl::init()
 		else
 			QC_WARN("web_root_unavailable reason=%s", log_str(root.error().message).c_str());
 	}
-	broker = std::make_unique<LocalBroker>(rooms, *this, *this);
+	open_broker();
 	ctx = std::make_unique<Ctx>(Ctx{*store, rooms, *broker, stats, cfg, auth, *this});
-
-	loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
-	if (!loop)
-		return make_error(Err::ServerError, "cannot create an epoll event loop");
-	ev_set_userdata(loop, this);
 
 	tls_cert = cfg.tls_cert;
 	tls_key = cfg.tls_key;
@@ -537,6 +570,62 @@ Status Server::Impl::init()
 	lws_tick.owner = this;
 	lws_sul_schedule(lws_ctx, 0, &lws_tick.sul, &Impl::on_lws_tick, kLwsTickUs);
 	return ok_status();
+}
+
+Status Server::Impl::open_store()
+{
+	if (cfg.store == "postgresql") {
+		fibers = std::make_unique<FiberPool>(loop, static_cast<size_t>(cfg.postgres_connections));
+		fibers->on_lane_idle = [this](uint64_t lane) { lane_idle(lane); };
+		PgOptions po;
+		po.dsn = cfg.postgres_dsn;
+		po.io = fibers.get(); // blocks until the loop runs: right for start-up
+		po.connections = static_cast<size_t>(cfg.postgres_connections);
+		auto st = open_postgres_store(po);
+		if (!st)
+			return st.error();
+		store = std::move(*st);
+		return ok_status();
+	}
+	SqliteOptions so;
+	so.path = cfg.database;
+	so.durability_full = cfg.durability == "full";
+	auto st = open_sqlite_store(so);
+	if (!st)
+		return st.error();
+	store = std::move(*st);
+	return ok_status();
+}
+
+void Server::Impl::open_broker()
+{
+	if (cfg.broker != "redis") {
+		broker = std::make_unique<LocalBroker>(rooms, *this, *this);
+		return;
+	}
+	// Fresh for every start: a node restarted after kill -9 must not be
+	// taken for the one that died, whose users the others time out.
+	char host[256] = "node";
+	gethostname(host, sizeof host - 1);
+	RedisOptions ro;
+	ro.url = cfg.redis_url;
+	ro.node_id = (cfg.node_id.empty() ? std::string(host) : cfg.node_id) + "/" +
+		     std::to_string(getpid()) + "/" + std::to_string(now_ms());
+	ro.presence_ttl_ms = cfg.presence_ttl_ms;
+	auto rb = std::make_unique<RedisBroker>(loop, ro, rooms, *this, *this);
+	redis = rb.get();
+	broker = std::move(rb);
+	QC_INFO("cluster node=%s redis=%s", log_str(ro.node_id).c_str(), log_str(cfg.redis_url).c_str());
+}
+
+// A lane drained: a connection that was paused for it reads again.
+void Server::Impl::lane_idle(uint64_t lane)
+{
+	Session *s = find(lane);
+	if (s && s->rx_paused && s->wsi) {
+		s->rx_paused = false;
+		lws_rx_flow_control(s->wsi, 1);
+	}
 }
 
 // ---------------------------------------------------------------- listener
@@ -746,6 +835,21 @@ std::string Server::Impl::render_stats()
 	w.field("uptimeSeconds", g.uptime_s);
 	w.field("queuedBytes", static_cast<int64_t>(g.queued_bytes));
 	stats_write_json(w, stats);
+	if (redis) {
+		// The cluster as this node sees it (broker redis).
+		ClusterStats c = redis->stats();
+		w.key("cluster").begin_object();
+		w.field("connected", c.connected);
+		w.field("onlineUsers", static_cast<int64_t>(c.online_users));
+		w.field("subscribedRooms", static_cast<int64_t>(c.subscribed_rooms));
+		w.field("published", static_cast<int64_t>(c.published));
+		w.field("received", static_cast<int64_t>(c.received));
+		w.field("remoteDeliveries", static_cast<int64_t>(c.remote_deliveries));
+		w.field("publishFailures", static_cast<int64_t>(c.publish_failures));
+		w.field("reconnects", static_cast<int64_t>(c.reconnects));
+		w.field("nodesExpired", static_cast<int64_t>(c.nodes_expired));
+		w.end_object();
+	}
 	w.end_object();
 	return out;
 }
@@ -761,7 +865,7 @@ Gauges Server::Impl::gauges()
 	for (const auto &s : sessions)
 		g.queued_bytes += s.second->out_bytes;
 	g.uptime_s = (now_ms() - started_ms) / 1000;
-	g.database_ok = store->healthy();
+	g.database_ok = fibers ? database_ok : store->healthy();
 	return g;
 }
 
@@ -972,8 +1076,12 @@ int Server::Impl::on_established(lws *wsi, Pss *pss)
 	std::optional<Claims> claims = std::move(pending.claims);
 	pending = Pending{};
 	if (claims) {
-		handle_upgrade_auth(*ctx, sp->caller, *claims);
-		batch_requests.emplace_back(sp->caller.id, std::nullopt);
+		run_task(id, [this, id, c = std::move(*claims)] {
+			if (Session *t = find(id))
+				handle_upgrade_auth(*ctx, t->caller, c);
+		});
+		if (!fibers)
+			batch_requests.emplace_back(sp->caller.id, std::nullopt);
 	}
 	if (!sp->caller.authenticated) {
 		ev_timer_init(&sp->auth_timer.w, &Impl::on_auth_timeout,
@@ -1019,7 +1127,19 @@ int Server::Impl::on_receive(lws *wsi, Pss *pss, const void *in, size_t len)
 		return -1;
 	}
 	case Session::Rx::Text:
-		batch_requests.emplace_back(pss->id, handle_text(*ctx, s->caller, s->rx));
+		if (!fibers) {
+			batch_requests.emplace_back(pss->id, handle_text(*ctx, s->caller, s->rx));
+			break;
+		}
+		fibers->run(pss->id, [this, id = pss->id, text = std::move(s->rx)] {
+			// Also after the socket closed: what it sent before is handled.
+			if (Session *t = find(id))
+				handle_text(*ctx, t->caller, text);
+		});
+		if (fibers->pending(pss->id) > kMaxQueuedRequests && !s->rx_paused) {
+			s->rx_paused = true;
+			lws_rx_flow_control(wsi, 0);
+		}
 		break;
 	case Session::Rx::Binary:
 		handle_binary(*ctx, s->caller);
@@ -1191,7 +1311,6 @@ void Server::Impl::on_closed(Pss *pss)
 	if (it == sessions.end())
 		return;
 	Session *s = it->second.get();
-	handle_close(*ctx, s->caller);
 	ev_timer_stop(loop, &s->auth_timer.w);
 	ev_timer_stop(loop, &s->token_timer.w);
 	auto ip = per_ip.find(s->ip);
@@ -1202,9 +1321,23 @@ void Server::Impl::on_closed(Pss *pss)
 	if (s->flush_pending) { // forget it in the write lists (rare: it had frames this turn)
 		std::replace(to_flush.begin(), to_flush.end(), s, static_cast<Session *>(nullptr));
 		std::replace(flushing.begin(), flushing.end(), s, static_cast<Session *>(nullptr));
+		s->flush_pending = false;
 	}
-	sessions.erase(it);
+	s->wsi = nullptr; // detached: nothing more is queued or written
+	s->fd = -1;
+	SessionId id = pss->id;
 	pss->id = 0;
+	// Its chat state goes after its requests still in flight.
+	run_task(id, [this, id] { forget(id); });
+}
+
+void Server::Impl::forget(SessionId id)
+{
+	auto it = sessions.find(id);
+	if (it == sessions.end())
+		return;
+	handle_close(*ctx, it->second->caller);
+	sessions.erase(it);
 	if (stopping)
 		maybe_finish_shutdown();
 }
@@ -1224,7 +1357,7 @@ void Server::Impl::on_destroy(Pss *pss)
 void Server::Impl::deliver(SessionId id, const FramePtr &f)
 {
 	Session *s = find(id);
-	if (!s)
+	if (!s || !s->wsi)
 		return;
 	if (s->batch_epoch != batch_epoch) {
 		s->batch_epoch = batch_epoch;
@@ -1259,7 +1392,7 @@ void Server::Impl::deliver(SessionId id, const FramePtr &f)
 void Server::Impl::close(SessionId id, int code, const std::string &reason)
 {
 	Session *s = find(id);
-	if (!s)
+	if (!s || !s->wsi)
 		return;
 	s->caller.closing = true;
 	s->set_close(code, reason, false);
@@ -1283,6 +1416,17 @@ void Server::Impl::token_changed(SessionId id)
 	ev_timer_init(&s->token_timer.w, &Impl::on_token_timeout,
 		      static_cast<ev_tstamp>(delay_ms) / 1000.0, 0.);
 	ev_timer_start(loop, &s->token_timer.w);
+}
+
+// A cluster broker confirms subscriptions and presence changes through
+// Redis: the request waits for that (on its fiber), at most a couple of
+// seconds; with Redis down there is nothing to wait for.
+void Server::Impl::await_broker()
+{
+	if (!redis || !fibers)
+		return;
+	fibers->park([this](std::function<void()> wake) { redis->when_settled(std::move(wake)); },
+		     kBrokerWaitMs);
 }
 
 void Server::Impl::typing_changed()
@@ -1337,12 +1481,24 @@ void Server::Impl::on_typing_timer(struct ev_loop *l, ev_timer *, int) noexcept
 void Server::Impl::on_change_timer(struct ev_loop *l, ev_timer *, int) noexcept
 {
 	auto *self = static_cast<Impl *>(ev_userdata(l));
-	if (self->store->changed_by_others())
-		handle_external_change(*self->ctx);
-	// A degraded store tries its probe write (Store::healthy); the /stats
-	// snapshot costs O(online users), so it is kept only for an embedder
-	// that has asked for it.
-	self->store->healthy();
+	if (self->fibers) {
+		// PostgreSQL: the probe is a query, so it runs on a fiber, and
+		// /health reports its last answer.
+		if (!self->probe_running) {
+			self->probe_running = true;
+			self->run_task(kServerLane, [self] {
+				self->database_ok = self->store->healthy();
+				self->probe_running = false;
+			});
+		}
+	} else {
+		if (self->store->changed_by_others())
+			handle_external_change(*self->ctx);
+		// A degraded store tries its probe write (Store::healthy).
+		self->store->healthy();
+	}
+	// The /stats snapshot costs O(online users), so it is kept only for an
+	// embedder that has asked for it.
 	if (!self->snapshot_wanted.load(std::memory_order_relaxed))
 		return;
 	std::string s = self->render_stats();
@@ -1407,7 +1563,16 @@ void Server::Impl::begin_shutdown()
 
 void Server::Impl::maybe_finish_shutdown()
 {
-	if (!sessions.empty() && ev_now(loop) < shutdown_deadline)
+	ev_tstamp now = ev_now(loop);
+	if ((!sessions.empty() || (fibers && fibers->running())) && now < shutdown_deadline)
+		return;
+	// Then the cluster hears that this node's users left it (rather than
+	// waiting for its lease to run out), if Redis answers in time.
+	if (redis && !cluster_left) {
+		cluster_left = true;
+		redis->shutdown();
+	}
+	if (redis && !redis->idle() && now < shutdown_deadline + kShutdownGraceS)
 		return;
 	ev_timer_stop(loop, &shutdown_timer);
 	ev_break(loop, EVBREAK_ALL);
@@ -1520,9 +1685,12 @@ Result<std::unique_ptr<Server>> Server::create(ServerSetup setup)
 int Server::run()
 {
 	Impl &m = *impl_;
-	QC_INFO("listening address=%s port=%d tls=%s database=%s web_root=%s loop=libev backend=epoll",
+	QC_INFO("listening address=%s port=%d tls=%s store=%s database=%s broker=%s web_root=%s "
+		"loop=libev backend=epoll",
 		m.cfg.listen_host.c_str(), m.bound_port, m.tls_cert.empty() ? "no" : "yes",
-		log_str(m.cfg.database).c_str(), log_str(m.web_root).c_str());
+		m.cfg.store.c_str(),
+		log_str(m.cfg.store == "sqlite" ? m.cfg.database : std::string("postgresql")).c_str(),
+		m.cfg.broker.c_str(), log_str(m.web_root).c_str());
 	if (!m.setup.ready_file.empty() && !write_ready_file(m.setup.ready_file, m.bound_port)) {
 		QC_ERR("ready_file path=%s error=%s", log_str(m.setup.ready_file).c_str(),
 		       strerror(errno));

@@ -27,6 +27,7 @@
 
 #include <fcntl.h>
 #include <libpq-fe.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -719,8 +720,15 @@ bool PgStore::usable(PGconn *c)
 		return false;
 	// Non-blocking: takes what arrived, such as the FATAL message and the
 	// end of the stream of a server that shut down; 0 when it is broken.
-	if (!PQconsumeInput(c))
-		return false;
+	// One read may return the message without seeing the end of the
+	// stream, so it reads while the socket has more to give.
+	for (int i = 0; i < 8; i++) {
+		struct pollfd p = {PQsocket(c), POLLIN, 0};
+		if (i > 0 && ::poll(&p, 1, 0) <= 0)
+			break;
+		if (!PQconsumeInput(c))
+			return false;
+	}
 	return PQstatus(c) == CONNECTION_OK && !PQisBusy(c);
 }
 

@@ -18,6 +18,7 @@ namespace qc {
 struct RoomEvent {
 	FramePtr frame;                                     // what every socket gets...
 	std::unordered_map<std::string, FramePtr> per_user; // ...unless its user has its own frame
+							    // (null: that user's sockets get nothing)
 	SessionId except = 0;                               // a socket that must not get it (0: none)
 	// Set on typing_update events, so that a cluster broker can end the
 	// typing that a node which died had announced.
@@ -83,6 +84,8 @@ public:
 	// Has the user a socket other than `except`, on any node?
 	virtual bool online_elsewhere(const std::string &user, SessionId except) const = 0;
 	virtual std::vector<std::string> online_users() const = 0;
+	// Do other processes' sockets get what this one publishes?
+	virtual bool cluster() const { return false; }
 };
 
 // In-process fan-out over the room table; presence is this process's.

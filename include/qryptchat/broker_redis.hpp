@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,7 +46,8 @@ struct ClusterStats {
 	uint64_t publish_failures = 0;     // events not published (Redis down)
 	uint64_t reconnects = 0;           // connections re-established
 	uint64_t nodes_expired = 0;        // dead nodes whose users this node took offline
-	uint64_t subscribed_rooms = 0;     // gauge: rooms subscribed by this node
+	uint64_t subscribed_rooms = 0;     // gauge: room channels subscribed (confirmed by Redis)
+	uint64_t subscribed_users = 0;     // gauge: user channels subscribed (confirmed by Redis)
 	uint64_t online_users = 0;         // gauge: users online on any node
 };
 
@@ -61,16 +63,32 @@ public:
 	RedisBroker &operator=(const RedisBroker &) = delete;
 
 	size_t publish(const std::string &room, const RoomEvent &ev) override;
+	size_t publish_user(const std::string &user, const FramePtr &frame, SessionId except) override;
 	void room_opened(const std::string &room) override;
 	void room_closed(const std::string &room) override;
 	void user_up(const std::string &user) override;
 	void user_down(const std::string &user) override;
 	bool online(const std::string &user) const override;
+	bool online_elsewhere(const std::string &user, SessionId except) const override;
 	std::vector<std::string> online_users() const override;
+	bool cluster() const override { return true; }
 
 	ClusterStats stats() const;
+	// Calls `done` once every subscription asked for so far is confirmed by
+	// Redis and every presence change sent so far has been answered (and
+	// its pushes decided), or at once when nothing is pending or Redis is
+	// down.
+	void when_settled(std::function<void()> done);
+	// No presence script is waiting for its reply: every user_up,
+	// user_down and lease renewal sent so far has had its effect here.
+	bool idle() const;
 	// Withdraws this node's presence (its users go offline where no other
-	// node holds them) and disconnects; for a clean shutdown.
+	// node holds them) and disconnects; for a clean shutdown.  The server
+	// closes its sockets first, so normally nobody is left to withdraw;
+	// users who are get user_offline pushed (by presence_changed) when
+	// Redis answers, if the loop still runs then.  Without shutdown(),
+	// destroying the broker is, to the other nodes, a node that died:
+	// its users go offline when its lease runs out.
 	void shutdown();
 
 	struct Impl;

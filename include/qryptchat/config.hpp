@@ -33,8 +33,17 @@ struct Config {
 	std::string tls_key;                // PEM private key of tls_cert
 
 	// storage
+	std::string store;                  // "sqlite" or "postgresql"
 	std::string database;               // SQLite file path
 	std::string durability;             // "normal" or "full" (synchronous=)
+	std::string postgres_dsn;           // libpq connection string (store postgresql)
+	int64_t postgres_connections = 4;   // pool size: the most overlapping queries
+
+	// cluster
+	std::string broker;                 // "local" or "redis"
+	std::string redis_url;              // redis://host:port[/db] or unix:/path
+	std::string node_id;                // "" = host name and process id
+	int64_t presence_ttl_ms = 15000;    // a silent node's users go offline after this
 
 	// authentication
 	std::string jwt_secret_file;        // "" = use QRYPTCHAT_JWT_SECRET

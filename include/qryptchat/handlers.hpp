@@ -57,6 +57,12 @@ public:
 	virtual void token_changed(SessionId s) = 0;
 	// Typing deadlines changed: re-arm the typing timer.
 	virtual void typing_changed() = 0;
+	// Returns once the broker's subscriptions and presence changes asked
+	// for so far have taken effect (a cluster broker waits for Redis to
+	// confirm them, suspending only this request), so that a reply such as
+	// conversation_joined is not followed by a push this socket misses,
+	// and auth_success by a late presence push of its own coming online.
+	virtual void await_broker() {}
 };
 
 // Everything a handler may touch.  All references outlive the call.

@@ -37,6 +37,7 @@ struct Session {
 	size_t rx_bytes = 0;                   // bytes of the current message (binary too)
 	bool rx_active = false;                // a message is in progress
 	bool rx_binary = false;                // it is a binary message
+	bool rx_paused = false;                // lws stopped reading: too many requests in flight
 
 	// Outbound queue: shared frames, written at the end of the loop turn
 	// that queued them (several per system call) or from WRITEABLE.

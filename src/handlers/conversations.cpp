@@ -133,6 +133,7 @@ Status handle_create_conversation(Ctx &ctx, Caller &c, const Request &r)
 	const ConversationView &view = created->view;
 
 	join_room(ctx, c.id, created->id);
+	ctx.host.await_broker();
 	ctx.host.send(c.id, conversation_frame("conversation_created", r.reply_id, view, c.user_id));
 	if (!created->created)
 		return ok_status(); // an existing direct conversation: nothing is pushed
@@ -176,6 +177,7 @@ Status handle_join_conversation(Ctx &ctx, Caller &c, const Request &r)
 	if (!ids)
 		return store_error(ctx, ids.error());
 	join_room(ctx, c.id, *room);
+	ctx.host.await_broker();
 	ctx.host.send(c.id, build_frame("conversation_joined", r.reply_id, [&](JsonWriter &w) {
 		w.begin_object().field("conversationId", *room).key("onlineUsers").begin_array();
 		for (const auto &id : *ids)

@@ -125,8 +125,10 @@ FramePtr auth_success(const User &u, const std::string &rid)
 // Presence for a socket that just authenticated for the first time.
 void came_online(Ctx &ctx, Caller &c)
 {
-	if (ctx.rooms.add_user_session(c.user_id, c.id))
+	if (ctx.rooms.add_user_session(c.user_id, c.id)) {
 		ctx.broker.user_up(c.user_id);
+		ctx.host.await_broker(); // pushes for this user reach this node from now on
+	}
 }
 
 } // namespace
@@ -153,9 +155,9 @@ Status handle_auth(Ctx &ctx, Caller &c, const Request &r)
 			auto user = authenticate(ctx, c, *claims);
 			if (!user)
 				return user.error();
-			ctx.host.send(c.id, auth_success(*user, r.reply_id));
 			if (first)
 				came_online(ctx, c);
+			ctx.host.send(c.id, auth_success(*user, r.reply_id));
 			return ok_status();
 		}
 		err = claims.error();
@@ -232,8 +234,8 @@ void handle_upgrade_auth(Ctx &ctx, Caller &c, const Claims &claims)
 		send_error(ctx, c, user.error(), std::nullopt);
 		return;
 	}
-	ctx.host.send(c.id, auth_success(*user, uuid_v4()));
 	came_online(ctx, c);
+	ctx.host.send(c.id, auth_success(*user, uuid_v4()));
 }
 
 void handle_close(Ctx &ctx, Caller &c)

@@ -29,11 +29,12 @@ void push_presence(Ctx &ctx, const std::string &user, bool online)
 		QC_WARN("presence_skipped user=%s reason=database", log_str(user).c_str());
 		return;
 	}
-	// One push per conversation room that has someone in it; one fresh
+	// One push per conversation room that has someone in it (on another
+	// node, maybe: a cluster broker publishes to every one); one fresh
 	// requestId per push event.
 	std::string ts = iso8601_ms(now_ms());
 	for (const auto &conv : *convs) {
-		if (ctx.rooms.members(conv).empty())
+		if (!ctx.broker.cluster() && ctx.rooms.members(conv).empty())
 			continue;
 		RoomEvent ev;
 		ev.frame = build_frame(online ? "user_online" : "user_offline", uuid_v4(),
@@ -44,6 +45,9 @@ void push_presence(Ctx &ctx, const std::string &user, bool online)
 						       .field("timestamp", ts)
 						       .end_object();
 				       });
+		// Not to the user's own sockets: in a cluster, presence is settled
+		// through Redis while the user may already have joined rooms.
+		ev.per_user.emplace(user, FramePtr());
 		ctx.stats.presence_pushes += ctx.broker.publish(conv, ev);
 	}
 }

@@ -36,6 +36,7 @@ void push(Ctx &ctx, const std::string &room, const std::string &user, const std:
 	RoomEvent ev;
 	ev.frame = typing_update(room, user, username, typing);
 	ev.except = except;
+	ev.typing = RoomEvent::Typing{user, username, typing};
 	ctx.stats.typing_pushes += ctx.broker.publish(room, ev);
 }
 

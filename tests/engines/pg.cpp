@@ -32,6 +32,18 @@ namespace qc::test {
 
 namespace {
 
+// Monotonic milliseconds (this file is also linked without libqryptchat).
+int64_t now_ms()
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+} // namespace
+
+namespace {
+
 // How long the server may take to accept connections after it starts.
 constexpr int64_t kReadyTimeoutMs = 60000;
 
@@ -112,7 +124,8 @@ pid_t spawn(const RunAs &as, const std::vector<std::string> &argv, const std::st
 		_exit(126);
 	// A test that crashes takes its server with it (fast shutdown).  Set
 	// after setuid(), which clears it; a parent already gone is seen by
-	// getppid() no longer being it.
+	// getppid() no longer being it.  (The signal comes when the thread
+	// that forked ends: servers are started from the test's main thread.)
 	if (prctl(PR_SET_PDEATHSIG, SIGINT) != 0 || getppid() != parent)
 		_exit(125);
 	execv(args[0], args.data());
@@ -133,15 +146,6 @@ int remove_entry(const char *path, const struct stat *, int, struct FTW *)
 {
 	remove(path);
 	return 0;
-}
-
-// Monotonic milliseconds (integration tests link no qryptchat library,
-// so not util's clock).
-int64_t mono_ms()
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
 void sleep_ms(long ms)
@@ -173,8 +177,8 @@ bool PgServer::start()
 		return false;
 	}
 	std::string ping = "host=" + dir + " dbname=postgres user=" + g_as.name;
-	int64_t deadline = mono_ms() + kReadyTimeoutMs;
-	while (mono_ms() < deadline) {
+	int64_t deadline = now_ms() + kReadyTimeoutMs;
+	while (now_ms() < deadline) {
 		if (PQping(ping.c_str()) == PQPING_OK)
 			return true;
 		int status;

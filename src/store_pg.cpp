@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 
@@ -488,8 +489,7 @@ private:
 	std::vector<Slot> slots_; // never resized after open (calls hold references)
 	int wake_[2] = {-1, -1};  // readable while a slot was freed for waiting calls
 	int waiters_ = 0;         // calls waiting in acquire()
-	bool reachable_ = true;   // the last attempt reached the database
-	bool last_ok_ = true;     // the last call succeeded (healthy() when all are busy)
+	bool reachable_ = true;   // the last round trip was answered (healthy() when all are busy)
 };
 
 PgStore::PgStore(const PgOptions &opts) : opts_(opts), io_(opts.io ? opts.io : &blocking_io_wait())
@@ -747,7 +747,6 @@ Result<ResPtr> PgStore::call(const char *op, const char *stmt, const Params &p)
 {
 	if (p.has_nul())
 		return make_error(Err::InvalidData, "Text holds a NUL character");
-	last_ok_ = false;
 	auto index = acquire(deadline_in(opts_.query_timeout_ms));
 	if (!index) {
 		QC_WARN("store_error op=%s reason=\"no free connection in time\"", op);
@@ -774,11 +773,8 @@ Result<ResPtr> PgStore::call(const char *op, const char *stmt, const Params &p)
 	std::vector<ResPtr> out;
 	Io io = finish(c, query_deadline(), out);
 	if (io != Io::Ok) {
-		std::string why = io == Io::Timeout ? "no answer in time" : one_line(PQerrorMessage(c));
-		if (io == Io::Timeout)
-			QC_WARN("store_error op=%s reason=%s", op, log_str(why).c_str());
-		else
-			set_reachable(false, op, why);
+		set_reachable(false, op,
+			      io == Io::Timeout ? "no answer in time" : one_line(PQerrorMessage(c)));
 		slot.conn.reset(); // its state is unknown: the next call reconnects
 		return db_error();
 	}
@@ -794,7 +790,6 @@ Result<ResPtr> PgStore::call(const char *op, const char *stmt, const Params &p)
 			log_str(one_line(PQresultErrorMessage(out[0].get()))).c_str());
 		return db_error();
 	}
-	last_ok_ = true;
 	return std::move(out[0]);
 }
 
@@ -979,12 +974,12 @@ Status PgStore::mark_read(const std::string &conversation, const std::string &us
 
 bool PgStore::healthy()
 {
-	// With every connection held by a call, the last call's outcome is
-	// the freshest answer there is (and waiting for one would hold up
-	// /health behind the database).
+	// With every connection held by a call, whether the last round trip
+	// was answered is the freshest news there is (and waiting for a
+	// connection would hold up /health behind the database).
 	bool idle = std::any_of(slots_.begin(), slots_.end(), [](const Slot &s) { return !s.busy; });
 	if (!idle)
-		return last_ok_;
+		return reachable_;
 	return call("healthy", "health", Params()).ok();
 }
 

@@ -12,6 +12,7 @@
 #include <libpq-fe.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -19,6 +20,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -104,6 +106,7 @@ pid_t spawn(const RunAs &as, const std::vector<std::string> &argv, const std::st
 	for (const auto &a : argv)
 		args.push_back(const_cast<char *>(a.c_str()));
 	args.push_back(nullptr);
+	pid_t parent = getpid();
 	pid_t pid = fork();
 	if (pid != 0)
 		return pid;
@@ -119,6 +122,12 @@ pid_t spawn(const RunAs &as, const std::vector<std::string> &argv, const std::st
 	setsid(); // a terminal's ^C reaches the tests, which stop the server themselves
 	if (as.drop && (setgroups(0, nullptr) != 0 || setgid(as.gid) != 0 || setuid(as.uid) != 0))
 		_exit(126);
+	// A test that crashes takes its server with it (fast shutdown).  Set
+	// after setuid(), which clears it; a parent already gone is seen by
+	// getppid() no longer being it.  (The signal comes when the thread
+	// that forked ends: servers are started from the test's main thread.)
+	if (prctl(PR_SET_PDEATHSIG, SIGINT) != 0 || getppid() != parent)
+		_exit(125);
 	execv(args[0], args.data());
 	_exit(127);
 }
@@ -145,6 +154,8 @@ void sleep_ms(long ms)
 	nanosleep(&ts, nullptr);
 }
 
+// Found by start_postgres(), used again by PgServer::start() (whose
+// struct, shared with the Redis half in engines.hpp, has no room for them).
 std::string g_bindir;
 RunAs g_as;
 

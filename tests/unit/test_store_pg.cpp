@@ -1,23 +1,28 @@
 // store (PostgreSQL): the Store contract of test_store.cpp against a
-// private PostgreSQL server (tests/engines), then what only several nodes
-// sharing one database can break: seqs under concurrent writers (two
-// stores in this process, and a burst from several processes),
+// private PostgreSQL server (tests/engines); overlapping calls on one
+// store (requests as fibers sharing the pool); then what only several
+// nodes sharing one database can break: seqs under concurrent writers
+// (two stores in this process, and a burst from several processes),
 // idempotency and direct pairs when identical requests race, the schema
-// created once when nodes start together, a newer schema refused, and the
-// database going away and coming back.
+// created once when nodes start together, a newer schema refused, a
+// statement timeout, and the database going away and coming back.
 //
 // Each test gets a database of its own.  Without PostgreSQL installed the
 // binary prints "SKIPPED: ..." and passes (fails with QC_REQUIRE_ENGINES=1).
 #include <libpq-fe.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <set>
+#include <thread>
 
 #include "../engines/engines.hpp"
 #include "cmocka.hpp"
@@ -212,9 +217,9 @@ NewMessage child_message(const std::string &conv, const std::string &from, const
 }
 
 // Runs `body(i)` in `n` child processes at once (released together after
-// all have started); each child's exit status is body's return value.
-// Returns whether every child exited 0.
-template <typename F> bool in_children(int n, F body)
+// all have started), and meanwhile `during()` here; each child's exit
+// status is body's return value.  Returns whether every child exited 0.
+template <typename F> bool in_children(int n, F body, const std::function<void()> &during = nullptr)
 {
 	int go[2];
 	assert_int_equal(pipe(go), 0);
@@ -234,6 +239,8 @@ template <typename F> bool in_children(int n, F body)
 	}
 	close(go[0]);
 	close(go[1]); // go: every child's read returns
+	if (during)
+		during();
 	bool ok = true;
 	for (pid_t pid : kids) {
 		int status = 0;
@@ -623,6 +630,158 @@ static void test_overlapping_calls(void **state)
 	assert_true(s.healthy());
 }
 
+// Fibers as the server runs requests: only one runs at a time, and a
+// call that waits parks its fiber until the descriptor is ready while the
+// others run; a scheduler polls for every parked fiber at once.  Each
+// fiber is a thread handing a baton back and forth (rather than a
+// ucontext, which AddressSanitizer does not fully follow), so they never
+// run together.  Calls from the main thread (open) block as usual.
+class FiberWait final : public IoWait
+{
+public:
+	void spawn(std::function<void()> body)
+	{
+		auto f = std::make_unique<Fiber>();
+		f->body = std::move(body);
+		fibers_.push_back(std::move(f));
+	}
+
+	// Runs every fiber to its end.
+	void run()
+	{
+		for (size_t i = 0; i < fibers_.size(); i++) {
+			fibers_[i]->thread = std::thread([this, i]() {
+				Fiber &f = *fibers_[i];
+				t_fiber = static_cast<int>(i);
+				{
+					std::unique_lock<std::mutex> l(m_);
+					cv_.wait(l, [&]() { return running_ == static_cast<int>(i); });
+				}
+				f.body();
+				std::lock_guard<std::mutex> l(m_);
+				f.done = true;
+				running_ = -1;
+				cv_.notify_all();
+			});
+		}
+		for (size_t i = 0; i < fibers_.size(); i++)
+			resume(i, true);
+		for (;;) {
+			std::vector<pollfd> fds;
+			std::vector<size_t> who;
+			int64_t first = -1;
+			for (size_t i = 0; i < fibers_.size(); i++) {
+				const Fiber &f = *fibers_[i];
+				if (f.done)
+					continue;
+				fds.push_back({f.fd, static_cast<short>(f.write ? POLLOUT : POLLIN), 0});
+				who.push_back(i);
+				if (f.deadline >= 0 && (first < 0 || f.deadline < first))
+					first = f.deadline;
+			}
+			if (who.empty())
+				break;
+			int timeout = first < 0 ? -1 : static_cast<int>(std::max<int64_t>(0, first - mono_us() / 1000));
+			if (poll(fds.data(), fds.size(), timeout) < 0 && errno != EINTR)
+				fail_msg("poll: %s", strerror(errno));
+			int64_t now = mono_us() / 1000;
+			for (size_t k = 0; k < who.size(); k++) {
+				const Fiber &f = *fibers_[who[k]];
+				if (fds[k].revents)
+					resume(who[k], true);
+				else if (f.deadline >= 0 && f.deadline <= now)
+					resume(who[k], false);
+			}
+		}
+		for (auto &f : fibers_)
+			f->thread.join();
+	}
+
+	bool wait(int fd, bool write, int64_t timeout_ms) override
+	{
+		if (t_fiber < 0)
+			return blocking_io_wait().wait(fd, write, timeout_ms);
+		std::unique_lock<std::mutex> l(m_);
+		Fiber &f = *fibers_[t_fiber];
+		f.fd = fd;
+		f.write = write;
+		f.deadline = timeout_ms < 0 ? -1 : mono_us() / 1000 + timeout_ms;
+		max_parked = std::max(max_parked, ++parked_);
+		running_ = -1; // back to the scheduler
+		cv_.notify_all();
+		cv_.wait(l, [&]() { return running_ == t_fiber; });
+		parked_--;
+		return f.ready;
+	}
+
+	int max_parked = 0; // the most fibers waiting at once
+
+private:
+	struct Fiber {
+		std::thread thread;
+		std::function<void()> body;
+		bool done = false;
+		int fd = -1;
+		bool write = false;
+		int64_t deadline = -1;
+		bool ready = false;
+	};
+
+	// Hands the baton to fiber i until it waits again or ends.
+	void resume(size_t i, bool ready)
+	{
+		std::unique_lock<std::mutex> l(m_);
+		fibers_[i]->ready = ready;
+		running_ = static_cast<int>(i);
+		cv_.notify_all();
+		cv_.wait(l, [&]() { return running_ == -1; });
+	}
+
+	static thread_local int t_fiber; // this thread's fiber, -1 on the main thread
+	std::mutex m_;
+	std::condition_variable cv_;
+	int running_ = -1; // the fiber holding the baton, -1: the scheduler
+	int parked_ = 0;
+	std::vector<std::unique_ptr<Fiber>> fibers_;
+};
+thread_local int FiberWait::t_fiber = -1;
+
+// More requests at once than the pool has connections, as fibers of one
+// thread: each call waits for a free connection, and all complete.
+static void test_fibers_share_the_pool(void **state)
+{
+	users(store(state), {"a", "b"});
+	std::string g = make_group(store(state), "a", {"b"});
+	FiberWait w;
+	PgOptions o = options(dsn(state));
+	o.io = &w;
+	o.connections = 2;
+	auto opened = open_postgres_store(o);
+	assert_true(opened.ok());
+	Store &s = **opened;
+	const int fibers = 6, each = 20;
+	int failures = 0;
+	std::vector<int64_t> seqs;
+	for (int i = 0; i < fibers; i++)
+		w.spawn([&, i]() {
+			for (int n = 0; n < each; n++) {
+				auto m = s.insert_message(text_message(g, i % 2 ? "a" : "b", "fiber"));
+				auto p = s.load_messages(PageQuery{g, "a", 5, std::nullopt, std::nullopt});
+				if (!m || !p || !s.healthy())
+					failures++;
+				else
+					seqs.push_back(m->message.seq);
+			}
+		});
+	w.run();
+	assert_int_equal(failures, 0);
+	assert_int_equal(w.max_parked, fibers); // all were waiting at once, most for a connection
+	std::sort(seqs.begin(), seqs.end());
+	for (size_t i = 0; i < seqs.size(); i++)
+		assert_int_equal(seqs[i], static_cast<int64_t>(i) + 1);
+	assert_int_equal(check_seqs(s, g, "a"), fibers * each);
+}
+
 // ---- several nodes ----
 
 // Two stores on one database (two nodes), writing the same conversation
@@ -662,8 +821,27 @@ static void test_concurrent_writers(void **state)
 	assert_str_eq(a.value("SELECT count(DISTINCT seq) FROM messages"), std::to_string(100 + kids * each));
 }
 
+// Waits until `n` sessions of the database wait for a lock (asked on a
+// connection of its own: statistics views are read once per transaction).
+static void await_lock_waiters(const std::string &dsn, int n)
+{
+	Admin a(dsn);
+	int64_t deadline = mono_us() / 1000 + 30000;
+	std::string q = "SELECT count(*) FROM pg_stat_activity "
+			"WHERE datname = current_database() AND wait_event_type = 'Lock'";
+	while (a.value(q) != std::to_string(n)) {
+		if (mono_us() / 1000 > deadline)
+			fail_msg("%d sessions never waited for a lock together", n);
+		usleep(10000); // polling interval, not a synchronisation
+	}
+}
+
 // The same (sender, client_message_id) sent by several processes at once:
 // one message, every sender told of that one, no seq used by the others.
+// For the first key the race is certain: this test holds the
+// conversation's row until every child has found no message under the
+// key and waits for the row, so all but one insert it only to find it
+// stored by another.
 static void test_idempotency_race(void **state)
 {
 	Store &s = store(state);
@@ -673,6 +851,13 @@ static void test_idempotency_race(void **state)
 	int out[2];
 	assert_int_equal(pipe(out), 0);
 	const int kids = 6, keys = 20;
+	Admin a(d);
+	a.value("BEGIN");
+	a.value("SELECT 1 FROM conversations WHERE id = '" + g + "' FOR UPDATE");
+	auto release = [&]() {
+		await_lock_waiters(d, kids);
+		a.value("COMMIT");
+	};
 	bool ok = in_children(kids, [&](int) {
 		close(out[0]);
 		auto r = open_postgres_store(options(d));
@@ -689,7 +874,7 @@ static void test_idempotency_race(void **state)
 				return 4;
 		}
 		return 0;
-	});
+	}, release);
 	close(out[1]);
 	assert_true(ok);
 	std::string all;
@@ -725,7 +910,10 @@ static void test_idempotency_race(void **state)
 }
 
 // Both sides of many pairs create their direct conversation at once from
-// several processes: one conversation per pair.
+// several processes: one conversation per pair.  For the first pair the
+// race is certain: this test inserts the pair's conversation and holds
+// its transaction open until every child's insert waits for it, so all
+// of them find the pair taken only once it commits.
 static void test_direct_pair_race(void **state)
 {
 	Store &s = store(state);
@@ -737,6 +925,16 @@ static void test_direct_pair_race(void **state)
 	std::string d = dsn(state);
 	int out[2];
 	assert_int_equal(pipe(out), 0);
+	Admin a(d);
+	a.value("BEGIN");
+	a.value("INSERT INTO conversations (id, type, created_by, created_at, updated_at, direct_key) "
+		"VALUES ('held', 'direct', 'x0', 1, 1, E'x0\\ny0')");
+	a.value("INSERT INTO participants (conversation_id, user_id, role, joined_at) "
+		"VALUES ('held', 'x0', 'admin', 1), ('held', 'y0', 'member', 1)");
+	auto release = [&]() {
+		await_lock_waiters(d, kids);
+		a.value("COMMIT");
+	};
 	bool ok = in_children(kids, [&](int i) {
 		close(out[0]);
 		auto r = open_postgres_store(options(d));
@@ -754,7 +952,7 @@ static void test_direct_pair_race(void **state)
 				return 4;
 		}
 		return 0;
-	});
+	}, release);
 	close(out[1]);
 	assert_true(ok);
 	std::string all;
@@ -776,16 +974,25 @@ static void test_direct_pair_race(void **state)
 	assert_int_equal(ids.size(), pairs);
 	for (const auto &it : ids)
 		assert_int_equal(it.second.size(), 1);
-	Admin a(d);
+	assert_str_eq(*ids[0].begin(), "held");
 	assert_str_eq(a.value("SELECT count(*) FROM conversations"), std::to_string(pairs));
 	assert_str_eq(a.value("SELECT count(*) FROM participants"), std::to_string(2 * pairs));
 }
 
 // Nodes starting together on an empty database: one creates the schema,
-// the others wait for it and use it.
+// the others wait for it and use it.  The test holds the store's schema
+// lock (the key of store_pg.cpp) until all six wait for it, so that they
+// all find the database empty before any goes on.
 static void test_schema_applied_once(void **)
 {
 	std::string d = fresh_db();
+	Admin a(d);
+	a.value("BEGIN");
+	a.value("SELECT pg_advisory_xact_lock(8174729797241954676)");
+	auto release = [&]() {
+		await_lock_waiters(d, 6);
+		a.value("COMMIT");
+	};
 	bool ok = in_children(6, [&](int) {
 		auto r = open_postgres_store(options(d));
 		if (!r) {
@@ -793,9 +1000,8 @@ static void test_schema_applied_once(void **)
 			return 2;
 		}
 		return (*r)->upsert_user("u", ProfileHints{}).ok() ? 0 : 3;
-	});
+	}, release);
 	assert_true(ok);
-	Admin a(d);
 	assert_str_eq(a.value("SELECT count(*) || ' ' || max(version) FROM qryptchat_schema"), "1 1");
 	auto s = open_store(d); // and a later start finds it
 	assert_true((*s->get_user("u")).has_value());
@@ -916,6 +1122,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_activity_order, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_nul_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_overlapping_calls, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fibers_share_the_pool, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_idempotency_race, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_direct_pair_race, setup, teardown),

@@ -247,28 +247,6 @@ private:
 	const PGresult *r_;
 };
 
-// The key that makes a direct conversation unique (as store_sqlite.cpp):
-// the two user ids in order, each with its backslashes and newlines
-// escaped, joined by a newline.
-std::string direct_key_of(const std::string &x, const std::string &y)
-{
-	auto add = [](std::string &out, const std::string &id) {
-		for (char ch : id) {
-			if (ch == '\\')
-				out += "\\\\";
-			else if (ch == '\n')
-				out += "\\n";
-			else
-				out.push_back(ch);
-		}
-	};
-	std::string key;
-	add(key, x < y ? x : y);
-	key.push_back('\n');
-	add(key, x < y ? y : x);
-	return key;
-}
-
 // The columns of a message as a viewer sees it ($1 is always the viewer),
 // in the order of the qc_message_row type, then the message replied to.
 #define MESSAGE_COLUMNS                                                                            \
@@ -480,6 +458,8 @@ private:
 	// command), or DATABASE_ERROR, logged with the reason; INVALID_DATA,
 	// without a round trip, when a parameter holds a NUL.
 	Result<ResPtr> call(const char *op, const char *stmt, const Params &p);
+	// A query of one text argument whose rows are single ids.
+	Result<std::vector<std::string>> ids(const char *op, const char *stmt, const std::string &arg);
 	// The database could (not) be reached; logged on a change only.
 	void set_reachable(bool up, const char *op, const std::string &why);
 
@@ -839,9 +819,9 @@ Result<bool> PgStore::is_participant(const std::string &conversation, const std:
 	return Rows(r->get()).count() > 0;
 }
 
-Result<std::vector<std::string>> PgStore::participant_ids(const std::string &conversation)
+Result<std::vector<std::string>> PgStore::ids(const char *op, const char *stmt, const std::string &arg)
 {
-	auto r = call("participant_ids", "part_ids", Params().add(conversation));
+	auto r = call(op, stmt, Params().add(arg));
 	if (!r)
 		return r.error();
 	Rows rows(r->get());
@@ -851,23 +831,21 @@ Result<std::vector<std::string>> PgStore::participant_ids(const std::string &con
 	return out;
 }
 
+Result<std::vector<std::string>> PgStore::participant_ids(const std::string &conversation)
+{
+	return ids("participant_ids", "part_ids", conversation);
+}
+
 Result<std::vector<std::string>> PgStore::conversation_ids_of(const std::string &user)
 {
-	auto r = call("conversation_ids_of", "conv_ids_of", Params().add(user));
-	if (!r)
-		return r.error();
-	Rows rows(r->get());
-	std::vector<std::string> out;
-	for (int i = 0; i < rows.count(); i++)
-		out.push_back(rows.text(i, 0));
-	return out;
+	return ids("conversation_ids_of", "conv_ids_of", user);
 }
 
 Result<CreatedConversation> PgStore::create_conversation(const NewConversation &c)
 {
 	std::optional<std::string> direct_key;
 	if (c.type == "direct" && c.members.size() == 1)
-		direct_key = direct_key_of(c.creator, c.members[0]);
+		direct_key = direct_conversation_key(c.creator, c.members[0]);
 	Params p;
 	p.add(c.id).add(c.type).add(c.name).add(c.creator).add(text_array(c.members)).add(c.now);
 	p.add(direct_key);

@@ -18,31 +18,6 @@ using sqlite::Use;
 
 namespace {
 
-// The key that makes a direct conversation unique: the two user ids in
-// order, joined by a newline.  User ids are token subs and may hold a
-// newline themselves, so each id's backslashes and newlines are escaped
-// first: otherwise the pairs ("a", "b\nc") and ("a\nb", "c") would share
-// a key, and asking for the second would reopen the first.  An id with
-// neither character keys as it always did.
-std::string direct_key_of(const std::string &x, const std::string &y)
-{
-	auto add = [](std::string &out, const std::string &id) {
-		for (char ch : id) {
-			if (ch == '\\')
-				out += "\\\\";
-			else if (ch == '\n')
-				out += "\\n";
-			else
-				out.push_back(ch);
-		}
-	};
-	std::string key;
-	add(key, x < y ? x : y);
-	key.push_back('\n');
-	add(key, x < y ? y : x);
-	return key;
-}
-
 // The columns of a message as a viewer sees it; ?1 is always the viewer.
 #define MESSAGE_COLUMNS                                                                            \
 	"m.id, m.conversation_id, m.seq, m.sender_id, m.message_type, "                            \
@@ -502,7 +477,7 @@ Result<CreatedConversation> SqliteStore::create_conversation(const NewConversati
 {
 	std::optional<std::string> direct_key;
 	if (c.type == "direct" && c.members.size() == 1) {
-		direct_key = direct_key_of(c.creator, c.members[0]);
+		direct_key = direct_conversation_key(c.creator, c.members[0]);
 	}
 	Txn txn(*this);
 	if (!txn.begin()) {

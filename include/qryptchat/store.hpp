@@ -129,6 +129,14 @@ struct Page {
 	bool has_more = false;
 };
 
+// The key that makes a direct conversation unique, in every backend: the
+// two user ids in order, joined by a newline.  User ids are token subs and
+// may hold a newline themselves, so each id's backslashes and newlines are
+// escaped first: otherwise the pairs ("a", "b\nc") and ("a\nb", "c") would
+// share a key, and asking for the second would reopen the first.  An id
+// with neither character keys as it always did.
+std::string direct_conversation_key(const std::string &x, const std::string &y);
+
 class Store
 {
 public:

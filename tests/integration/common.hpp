@@ -115,6 +115,42 @@ inline ServerProcess &shared_server(void **state)
 	return **static_cast<std::unique_ptr<ServerProcess> *>(*state);
 }
 
+// Chat request helpers shared by the chat and cluster tests.
+
+// A JSON array of strings.
+inline std::string ids_json(const std::vector<std::string> &ids)
+{
+	std::string out = "[";
+	for (const auto &id : ids)
+		out += (out.size() > 1 ? "," : "") + jquote(id);
+	return out + "]";
+}
+
+// {"conversationId": conv, <more>}
+inline std::string conv_payload(const std::string &conv, const std::string &more = "")
+{
+	return "{\"conversationId\":" + jquote(conv) + (more.empty() ? "" : "," + more) + "}";
+}
+
+// The `seq` of every message in a messages_loaded frame, in order.
+inline std::vector<int> seqs(const cJSON *j)
+{
+	std::vector<int> out;
+	int n = jsize(j, "payload.messages");
+	for (int i = 0; i < n; i++)
+		out.push_back(static_cast<int>(jnum(j, "payload.messages." + std::to_string(i) + ".seq")));
+	return out;
+}
+
+// from, from + 1, ..., to.
+inline std::vector<int> range(int from, int to)
+{
+	std::vector<int> v;
+	for (int i = from; i <= to; i++)
+		v.push_back(i);
+	return v;
+}
+
 } // namespace qc::test
 
 #define assert_str_eq(a, b) assert_string_equal(std::string(a).c_str(), std::string(b).c_str())

@@ -40,14 +40,6 @@ std::unique_ptr<WsClient> user(const std::string &id, int p = 0)
 	return c;
 }
 
-std::string ids_json(const std::vector<std::string> &ids)
-{
-	std::string out = "[";
-	for (const auto &id : ids)
-		out += (out.size() > 1 ? "," : "") + jquote(id);
-	return out + "]";
-}
-
 // Creates a conversation with this payload; returns the reply.
 Json create(WsClient &c, const std::string &payload, const std::string &rid = "cc")
 {
@@ -71,11 +63,6 @@ std::string create_direct(WsClient &c, const std::string &other)
 	return jstr(j.get(), "payload.conversation.id");
 }
 
-std::string conv_payload(const std::string &conv, const std::string &more = "")
-{
-	return "{\"conversationId\":" + jquote(conv) + (more.empty() ? "" : "," + more) + "}";
-}
-
 Json join(WsClient &c, const std::string &conv)
 {
 	send_request(c, "join_conversation", conv_payload(conv), "join");
@@ -96,24 +83,6 @@ Json send(WsClient &c, const std::string &conv, const std::string &fields, const
 Json send_text(WsClient &c, const std::string &conv, const std::string &text)
 {
 	return send(c, conv, "\"content\":" + jquote(text));
-}
-
-// The `seq` of every message in a messages_loaded frame, in order.
-std::vector<int> seqs(const cJSON *j)
-{
-	std::vector<int> out;
-	int n = jsize(j, "payload.messages");
-	for (int i = 0; i < n; i++)
-		out.push_back(static_cast<int>(jnum(j, "payload.messages." + std::to_string(i) + ".seq")));
-	return out;
-}
-
-std::vector<int> range(int from, int to)
-{
-	std::vector<int> v;
-	for (int i = from; i <= to; i++)
-		v.push_back(i);
-	return v;
 }
 
 Json load(WsClient &c, const std::string &conv, const std::string &more = "",

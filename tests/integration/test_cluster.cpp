@@ -57,19 +57,6 @@ std::unique_ptr<WsClient> user(const std::string &id, int n)
 	return c;
 }
 
-std::string ids_json(const std::vector<std::string> &ids)
-{
-	std::string out = "[";
-	for (const auto &id : ids)
-		out += (out.size() > 1 ? "," : "") + jquote(id);
-	return out + "]";
-}
-
-std::string conv_payload(const std::string &conv, const std::string &more = "")
-{
-	return "{\"conversationId\":" + jquote(conv) + (more.empty() ? "" : "," + more) + "}";
-}
-
 // The next frame of `type`, passing over presence pushes: in a cluster
 // they come once Redis has settled the user's state, so their place among
 // other frames varies (test_presence_across_nodes checks them).
@@ -119,23 +106,6 @@ int send_text(WsClient &c, const std::string &conv, const std::string &text)
 	Json echo = next_frame(c, "message_received");
 	assert_int_equal(static_cast<int>(jnum(echo.get(), "payload.message.seq")), seq);
 	return seq;
-}
-
-std::vector<int> seqs(const cJSON *j)
-{
-	std::vector<int> out;
-	int n = jsize(j, "payload.messages");
-	for (int i = 0; i < n; i++)
-		out.push_back(static_cast<int>(jnum(j, "payload.messages." + std::to_string(i) + ".seq")));
-	return out;
-}
-
-std::vector<int> range(int from, int to)
-{
-	std::vector<int> v;
-	for (int i = from; i <= to; i++)
-		v.push_back(i);
-	return v;
 }
 
 Json load(WsClient &c, const std::string &conv, const std::string &more)

@@ -1552,6 +1552,8 @@ void Server::Impl::begin_shutdown()
 	listen_fd = -1;
 	for (auto &kv : sessions) {
 		Session *s = kv.second.get();
+		if (!s->wsi)
+			continue; // closed already, its last requests in flight
 		s->caller.closing = true;
 		s->set_close(kCloseGoingAway, "server shutting down", true);
 		lws_callback_on_writable(s->wsi);

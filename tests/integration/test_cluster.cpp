@@ -411,6 +411,36 @@ static void test_postgres_down_and_back(void **)
 	}
 }
 
+// A node stopped with SIGTERM closes its sockets with 1001 and withdraws its
+// users from the cluster as it goes: the others show them offline without
+// waiting for its lease (no node counts it as expired).
+static void test_node_stopped(void **)
+{
+	if (g_nodes.empty())
+		skip(); // no PostgreSQL or Redis here (said once, above)
+	auto w = user("ns-w", 1);
+	auto u = user("ns-u", 2); // only on the node that stops
+	std::string g = create_group(*w, {"ns-u"});
+	next_frame(*u, "conversation_created");
+	join(*u, g);
+	int expired0 = static_cast<int>(jnum(http_json(http_request(node(0).port(), "GET", "/stats")).get(),
+					     "cluster.nodesExpired"));
+	int expired1 = static_cast<int>(jnum(http_json(http_request(node(1).port(), "GET", "/stats")).get(),
+					     "cluster.nodesExpired"));
+	assert_int_equal(node(2).stop(SIGTERM), 0);
+	expect_close(*u, 1001);
+	Json j = next_frame(*w, "user_offline");
+	assert_str_eq(jstr(j.get(), "payload.userId"), "ns-u");
+	assert_int_equal(static_cast<int>(jnum(http_json(http_request(node(0).port(), "GET", "/stats")).get(),
+					       "cluster.nodesExpired")),
+			 expired0);
+	assert_int_equal(static_cast<int>(jnum(http_json(http_request(node(1).port(), "GET", "/stats")).get(),
+					       "cluster.nodesExpired")),
+			 expired1);
+	g_nodes[2] = start_node("n2b");
+	wait_cluster_connected(node(2), true);
+}
+
 // kill -9 of a node while its clients send: every acknowledged message is
 // in the store, with contiguous seqs; its users go offline elsewhere once
 // its presence lease runs out; its clients carry on on another node.
@@ -516,6 +546,7 @@ int main(void)
 		cmocka_unit_test(test_history_and_recovery_on_another_node),
 		cmocka_unit_test(test_redis_down_and_back),
 		cmocka_unit_test(test_postgres_down_and_back),
+		cmocka_unit_test(test_node_stopped),
 		cmocka_unit_test(test_node_killed),
 	};
 	return cmocka_run_group_tests_name("cluster", tests, setup, teardown);

@@ -239,6 +239,33 @@ $$;
 -- identical request on another connection commits first: its insert then
 -- fails on messages_by_client_id, which undoes this one's seq too.
 -- No row: the sender is no known user.  An unknown conversation raises.
+-- The writes of a new message: the conversation's next seq (its row stays
+-- locked to the end of the transaction, which serialises writers of one
+-- conversation on every node), the message and its copies.
+CREATE FUNCTION qc_store_message(p_id text, p_conv text, p_sender text, p_type text,
+				 p_content text, p_reply_to text, p_metadata text,
+				 p_client_id text, p_now bigint,
+				 p_copy_to text[], p_copy_content text[])
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+	v_seq bigint;
+BEGIN
+	UPDATE conversations c SET last_seq = c.last_seq + 1,
+		updated_at = greatest(c.updated_at, p_now)
+	WHERE c.id = p_conv RETURNING c.last_seq INTO v_seq;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'no conversation %', p_conv USING ERRCODE = 'foreign_key_violation';
+	END IF;
+	INSERT INTO messages (id, conversation_id, seq, sender_id, message_type, content,
+			      reply_to_id, metadata, client_message_id, created_at)
+	VALUES (p_id, p_conv, v_seq, p_sender, p_type, p_content, p_reply_to, p_metadata,
+		p_client_id, p_now);
+	INSERT INTO message_copies (message_id, recipient_id, content)
+	SELECT p_id, t.r, t.c FROM unnest(p_copy_to, p_copy_content) AS t(r, c);
+END
+$$;
+
 CREATE FUNCTION qc_insert_message(p_id text, p_conv text, p_sender text, p_type text,
 				  p_content text, p_reply_to text, p_metadata text,
 				  p_client_id text, p_now bigint,
@@ -246,7 +273,6 @@ CREATE FUNCTION qc_insert_message(p_id text, p_conv text, p_sender text, p_type 
 RETURNS TABLE (created boolean, m qc_message_row)
 LANGUAGE plpgsql AS $$
 DECLARE
-	v_seq bigint;
 	v_old text;
 BEGIN
 	IF p_client_id IS NOT NULL THEN
@@ -261,23 +287,20 @@ BEGIN
 	IF NOT FOUND THEN
 		RETURN;
 	END IF;
+	-- Without a client id nothing can collide: no subtransaction (which
+	-- an EXCEPTION block costs) on the common path.
+	IF p_client_id IS NULL THEN
+		PERFORM qc_store_message(p_id, p_conv, p_sender, p_type, p_content, p_reply_to,
+					 p_metadata, p_client_id, p_now, p_copy_to, p_copy_content);
+		RETURN QUERY SELECT true, r FROM qc_message_as(p_id, p_sender) r;
+		RETURN;
+	END IF;
+	-- A racing twin on another connection: its row wins, ours (and the seq
+	-- we took) is rolled back with the block, and the stored one returned.
 	BEGIN
-		UPDATE conversations c SET last_seq = c.last_seq + 1,
-			updated_at = greatest(c.updated_at, p_now)
-		WHERE c.id = p_conv RETURNING c.last_seq INTO v_seq;
-		IF NOT FOUND THEN
-			RAISE EXCEPTION 'no conversation %', p_conv USING ERRCODE = 'foreign_key_violation';
-		END IF;
-		INSERT INTO messages (id, conversation_id, seq, sender_id, message_type, content,
-				      reply_to_id, metadata, client_message_id, created_at)
-		VALUES (p_id, p_conv, v_seq, p_sender, p_type, p_content, p_reply_to, p_metadata,
-			p_client_id, p_now);
-		INSERT INTO message_copies (message_id, recipient_id, content)
-		SELECT p_id, t.r, t.c FROM unnest(p_copy_to, p_copy_content) AS t(r, c);
+		PERFORM qc_store_message(p_id, p_conv, p_sender, p_type, p_content, p_reply_to,
+					 p_metadata, p_client_id, p_now, p_copy_to, p_copy_content);
 	EXCEPTION WHEN unique_violation THEN
-		IF p_client_id IS NULL THEN
-			RAISE;
-		END IF;
 		SELECT x.id INTO v_old FROM messages x
 		WHERE x.sender_id = p_sender AND x.client_message_id = p_client_id;
 		IF NOT FOUND THEN

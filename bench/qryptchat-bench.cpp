@@ -199,6 +199,11 @@ struct Result {
 	uint64_t sent = 0;          // sent inside the window
 	uint64_t received = 0;      // deliveries of window messages
 	uint64_t acks = 0;
+	// Inside the window, whenever the message was sent: what an overloaded
+	// server, whose backlog delays the window's messages past the drain,
+	// still got through.
+	uint64_t acks_in_window = 0;
+	uint64_t arrived_in_window = 0;
 	uint64_t errors = 0;
 	uint64_t closed = 0;        // connections lost during the run
 	std::map<std::string, uint64_t> error_codes;
@@ -371,12 +376,18 @@ void on_frame(Conn &k, const std::string &f)
 		if (!t)
 			return;
 		int64_t ts = strtoll(t + sizeof kMark - 1, nullptr, 10);
+		int64_t now = mono_ns();
 		if (ts >= c.t_start && ts < c.t_end) {
 			c.r.received++;
-			c.r.lat.add((mono_ns() - ts) / 1000);
+			c.r.lat.add((now - ts) / 1000);
 		}
+		if (now >= c.t_start && now < c.t_end)
+			c.r.arrived_in_window++;
 	} else if (strncmp(p, "message_sent\"", 13) == 0) {
 		c.r.acks++;
+		int64_t now = mono_ns();
+		if (now >= c.t_start && now < c.t_end)
+			c.r.acks_in_window++;
 		k.in_flight--;
 		if (c.o.rate == 0 && c.running)
 			send_one(k);
@@ -595,7 +606,8 @@ void send_result(Client &c)
 {
 	std::ostringstream o;
 	o << "result " << c.r.sent << ' ' << c.r.received << ' ' << c.r.acks << ' ' << c.r.errors << ' '
-	  << c.r.closed << ' ' << c.r.lat.max_us << ' ' << c.r.error_codes.size();
+	  << c.r.closed << ' ' << c.r.lat.max_us << ' ' << c.r.acks_in_window << ' ' << c.r.arrived_in_window
+	  << ' ' << c.r.error_codes.size();
 	for (const auto &e : c.r.error_codes)
 		o << ' ' << (e.first.empty() ? "?" : e.first) << ' ' << e.second;
 	for (size_t i = 0; i < c.r.lat.b.size(); i++)
@@ -1043,9 +1055,12 @@ int main(int argc, char **argv)
 	for (const auto &line : lines) {
 		std::istringstream in(line);
 		std::string word;
-		uint64_t sent, received, acks, errors, closed, maxus;
+		uint64_t sent, received, acks, errors, closed, maxus, acks_win, arrived_win;
 		size_t ncodes;
-		in >> word >> sent >> received >> acks >> errors >> closed >> maxus >> ncodes;
+		in >> word >> sent >> received >> acks >> errors >> closed >> maxus >> acks_win >> arrived_win >>
+			ncodes;
+		tot.acks_in_window += acks_win;
+		tot.arrived_in_window += arrived_win;
 		tot.sent += sent;
 		tot.received += received;
 		tot.acks += acks;
@@ -1092,6 +1107,9 @@ int main(int argc, char **argv)
 		printf("  latency ms      p50 %.2f  p90 %.2f  p99 %.2f  max %.2f\n", tot.lat.quantile_ms(0.5),
 		       tot.lat.quantile_ms(0.9), tot.lat.quantile_ms(0.99),
 		       static_cast<double>(tot.lat.max_us) / 1000.0);
+		printf("  in the window   %.0f acknowledgements/s, %.0f message_received/s, whenever sent\n",
+		       static_cast<double>(tot.acks_in_window) / o.duration,
+		       static_cast<double>(tot.arrived_in_window) / o.duration);
 	}
 	if (o.urls.size() > 1)
 		printf("  servers         %zu, member i of each room on server i %% %zu\n", o.urls.size(),
@@ -1135,7 +1153,8 @@ int main(int argc, char **argv)
 	       "\"loss\":%s,\"deliveries_per_s\":%s,\"p50_ms\":%s,\"p90_ms\":%s,\"p99_ms\":%s,"
 	       "\"max_ms\":%s,\"server_cpu_s\":%s,\"server_cpu_s_per_1000\":%s,\"server_rss_kb\":%ld,"
 	       "\"server_rss_before_kb\":%ld,\"bench_cpu_s\":%s,\"errors\":%llu,\"closed\":%llu,"
-	       "\"setup_s\":%s,\"servers\":%zu,\"engine_cpu_s\":{%s}}\n",
+	       "\"setup_s\":%s,\"servers\":%zu,\"engine_cpu_s\":{%s},\"acked_in_window\":%llu,"
+	       "\"arrived_in_window\":%llu}\n",
 	       o.label.c_str(), conns, o.idle ? 0 : o.rooms, o.idle ? 0 : o.members, o.senders, o.rate,
 	       o.payload, o.duration, static_cast<unsigned long long>(tot.sent),
 	       static_cast<unsigned long long>(expected), static_cast<unsigned long long>(tot.received),
@@ -1144,6 +1163,8 @@ int main(int argc, char **argv)
 	       num(static_cast<double>(tot.lat.max_us) / 1000.0).c_str(), num(srv_cpu).c_str(),
 	       num(cpu_per_1k).c_str(), rss, rss_before, num(cli_cpu).c_str(),
 	       static_cast<unsigned long long>(tot.errors), static_cast<unsigned long long>(tot.closed),
-	       num(setup_s).c_str(), o.urls.size(), engines.c_str());
+	       num(setup_s).c_str(), o.urls.size(), engines.c_str(),
+	       static_cast<unsigned long long>(tot.acks_in_window),
+	       static_cast<unsigned long long>(tot.arrived_in_window));
 	return 0;
 }

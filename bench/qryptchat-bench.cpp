@@ -20,6 +20,12 @@
 // then one start time for everyone), reads the server's CPU time and RSS
 // from /proc when given its PID, and prints a table and one JSON line.
 //
+// Given several servers (the nodes of a cluster), member i of each room
+// connects to server i % n, so every room spans the nodes; a delivery
+// counts whichever node it arrives on.  The CPU time and RSS of several
+// server PIDs are summed; --engine reports the CPU of other processes (a
+// database, a broker) and their children separately.
+//
 // Only messages sent inside the measured window count: deliveries expected
 // are (messages sent in the window) x (members per room), since every
 // member's socket, the sender's own included, gets each message_received.
@@ -54,11 +60,17 @@ namespace {
 
 using qc::bench::proc_cpu_s;
 using qc::bench::proc_rss_kb;
+using qc::bench::proc_tree_cpu_s;
 
 // ------------------------------------------------------------ options
 
+struct Engine {
+	std::string name;
+	std::vector<pid_t> pids;
+};
+
 struct Options {
-	std::string url = "ws://127.0.0.1:8080/ws";
+	std::vector<std::string> urls;  // --url, in order; the default if none
 	std::string secret;
 	int rooms = 1;
 	int members = 10;
@@ -71,7 +83,8 @@ struct Options {
 	double drain = 2;       // seconds after the window for late deliveries
 	int procs = 1;
 	int idle = 0;           // idle mode: N authenticated connections
-	pid_t server_pid = 0;
+	std::vector<pid_t> server_pids;
+	std::vector<Engine> engines;
 	std::string label;
 	std::string prefix;     // user id prefix; unique per run by default
 	int connect_parallel = 64;
@@ -80,7 +93,9 @@ struct Options {
 void usage(FILE *f)
 {
 	fputs("usage: qryptchat-bench [options]\n"
-	      "  --url URL             server WebSocket URL (ws://127.0.0.1:8080/ws)\n"
+	      "  --url URL[,URL...]    server WebSocket URL (ws://127.0.0.1:8080/ws); with\n"
+	      "                        several (a list, or --url repeated), member i of\n"
+	      "                        each room connects to URL i % n\n"
 	      "  --secret S            HS256 secret the server verifies tokens with\n"
 	      "  --secret-file F       ... or read it from a file\n"
 	      "  --rooms N             conversations (1)\n"
@@ -94,7 +109,10 @@ void usage(FILE *f)
 	      "  --drain S             seconds to wait for late deliveries (2)\n"
 	      "  --procs N             client processes (1)\n"
 	      "  --idle N              idle mode: N authenticated connections, no rooms\n"
-	      "  --server-pid PID      report the server's CPU and RSS from /proc\n"
+	      "  --server-pid PID[,PID...]  report the server's CPU and RSS from /proc;\n"
+	      "                        several (or repeated): their sum\n"
+	      "  --engine NAME=PID[,PID...]  also report the CPU of these processes and\n"
+	      "                        their descendants, as NAME (repeatable)\n"
 	      "  --label TEXT          name of the run in the output\n"
 	      "  --prefix TEXT         user id prefix (default: unique per run)\n",
 	      f);
@@ -163,6 +181,7 @@ struct Conn {
 	std::string user;
 	int room = -1;             // -1 in idle mode
 	int member = 0;
+	size_t server = 0;         // index in Client::servers
 	bool sender = false;
 	bool authed = false;
 	bool joined = false;
@@ -180,10 +199,21 @@ struct Result {
 	uint64_t sent = 0;          // sent inside the window
 	uint64_t received = 0;      // deliveries of window messages
 	uint64_t acks = 0;
+	// Inside the window, whenever the message was sent: what an overloaded
+	// server, whose backlog delays the window's messages past the drain,
+	// still got through.
+	uint64_t acks_in_window = 0;
+	uint64_t arrived_in_window = 0;
 	uint64_t errors = 0;
 	uint64_t closed = 0;        // connections lost during the run
 	std::map<std::string, uint64_t> error_codes;
 	Histogram lat;
+};
+
+// One server to connect to, from --url.
+struct Endpoint {
+	std::string host, path;
+	int port = 0;
 };
 
 struct Client {
@@ -191,8 +221,7 @@ struct Client {
 	int ctl = -1; // socket to the parent
 	struct ev_loop *loop = nullptr;
 	lws_context *ctx = nullptr;
-	const char *host = nullptr, *path = nullptr;
-	int port = 0;
+	std::vector<Endpoint> servers;
 	std::vector<std::unique_ptr<Conn>> conns;
 	size_t next_connect = 0;
 	int connecting = 0, authed = 0, joined = 0;
@@ -347,12 +376,18 @@ void on_frame(Conn &k, const std::string &f)
 		if (!t)
 			return;
 		int64_t ts = strtoll(t + sizeof kMark - 1, nullptr, 10);
+		int64_t now = mono_ns();
 		if (ts >= c.t_start && ts < c.t_end) {
 			c.r.received++;
-			c.r.lat.add((mono_ns() - ts) / 1000);
+			c.r.lat.add((now - ts) / 1000);
 		}
+		if (now >= c.t_start && now < c.t_end)
+			c.r.arrived_in_window++;
 	} else if (strncmp(p, "message_sent\"", 13) == 0) {
 		c.r.acks++;
+		int64_t now = mono_ns();
+		if (now >= c.t_start && now < c.t_end)
+			c.r.acks_in_window++;
 		k.in_flight--;
 		if (c.o.rate == 0 && c.running)
 			send_one(k);
@@ -489,7 +524,7 @@ int callback(lws *wsi, lws_callback_reasons reason, void *, void *in, size_t len
 	Conn *k = static_cast<Conn *>(lws_wsi_user(wsi));
 	switch (reason) {
 	case LWS_CALLBACK_RAW_CONNECTED: {
-		Client &c = *k->cl;
+		const Endpoint &e = k->cl->servers[k->server];
 		unsigned char nonce[16];
 		RAND_bytes(nonce, sizeof nonce);
 		std::string key = base64(nonce, sizeof nonce);
@@ -499,8 +534,7 @@ int callback(lws *wsi, lws_callback_reasons reason, void *, void *in, size_t len
 		EVP_Digest(cat.data(), cat.size(), sha, &shalen, EVP_sha1(), nullptr);
 		k->accept = base64(sha, shalen);
 		k->mask_state ^= static_cast<uint32_t>(nonce[0] | nonce[1] << 8 | nonce[2] << 16) | 1u;
-		k->tx = "GET " + std::string(c.path) + " HTTP/1.1\r\nHost: " + c.host + ":" +
-			std::to_string(c.port) +
+		k->tx = "GET " + e.path + " HTTP/1.1\r\nHost: " + e.host + ":" + std::to_string(e.port) +
 			"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + key +
 			"\r\nSec-WebSocket-Version: 13\r\n\r\n" + k->tx;
 		lws_callback_on_writable(wsi);
@@ -550,11 +584,12 @@ void connect_more(Client &c)
 {
 	while (c.connecting < c.o.connect_parallel && c.next_connect < c.conns.size()) {
 		Conn &k = *c.conns[c.next_connect++];
+		const Endpoint &e = c.servers[k.server];
 		lws_client_connect_info i;
 		memset(&i, 0, sizeof i);
 		i.context = c.ctx;
-		i.address = c.host;
-		i.port = c.port;
+		i.address = e.host.c_str();
+		i.port = e.port;
 		i.method = "RAW";
 		i.local_protocol_name = "qryptchat-bench";
 		i.userdata = &k;
@@ -571,7 +606,8 @@ void send_result(Client &c)
 {
 	std::ostringstream o;
 	o << "result " << c.r.sent << ' ' << c.r.received << ' ' << c.r.acks << ' ' << c.r.errors << ' '
-	  << c.r.closed << ' ' << c.r.lat.max_us << ' ' << c.r.error_codes.size();
+	  << c.r.closed << ' ' << c.r.lat.max_us << ' ' << c.r.acks_in_window << ' ' << c.r.arrived_in_window
+	  << ' ' << c.r.error_codes.size();
 	for (const auto &e : c.r.error_codes)
 		o << ' ' << (e.first.empty() ? "?" : e.first) << ' ' << e.second;
 	for (size_t i = 0; i < c.r.lat.b.size(); i++)
@@ -645,16 +681,19 @@ void on_tick(lws_sorted_usec_list_t *)
 	c.o = o;
 	c.ctl = ctl;
 	c.padding.assign(static_cast<size_t>(std::max(o.payload, 1)), 'x');
-	static char url[1024];
-	snprintf(url, sizeof url, "%s", o.url.c_str());
-	const char *prot = nullptr;
-	if (lws_parse_uri(url, &prot, &c.host, &c.port, &c.path)) {
-		say(c, "fail bad url");
-		_exit(1);
+	for (const auto &u : o.urls) {
+		std::vector<char> url(u.begin(), u.end());
+		url.push_back('\0');
+		const char *prot = nullptr, *host = nullptr, *upath = nullptr;
+		Endpoint e;
+		if (lws_parse_uri(url.data(), &prot, &host, &e.port, &upath)) {
+			say(c, "fail bad url " + u);
+			_exit(1);
+		}
+		e.host = host;
+		e.path = std::string("/") + upath;
+		c.servers.push_back(e);
 	}
-	static std::string path;
-	path = std::string("/") + c.path;
-	c.path = path.c_str();
 
 	// This process's connections: every procs-th of all, in order.
 	int total = o.idle > 0 ? o.idle : o.rooms * o.members;
@@ -664,9 +703,11 @@ void on_tick(lws_sorted_usec_list_t *)
 		k->cl = &c;
 		if (o.idle > 0) {
 			k->user = o.prefix + "idle" + std::to_string(i);
+			k->server = static_cast<size_t>(i) % c.servers.size();
 		} else {
 			k->room = i / o.members;
 			k->member = i % o.members;
+			k->server = static_cast<size_t>(k->member) % c.servers.size();
 			k->sender = k->member < o.senders;
 			k->user = o.prefix + "r" + std::to_string(k->room) + "m" + std::to_string(k->member);
 		}
@@ -780,6 +821,48 @@ void tell(std::vector<Child> &cs, const std::string &line)
 			perror("qryptchat-bench: write");
 }
 
+std::vector<std::string> split(const std::string &s, char sep)
+{
+	std::vector<std::string> out;
+	size_t from = 0;
+	for (;;) {
+		size_t at = s.find(sep, from);
+		out.push_back(s.substr(from, at == std::string::npos ? std::string::npos : at - from));
+		if (at == std::string::npos)
+			return out;
+		from = at + 1;
+	}
+}
+
+// The summed CPU time and RSS of the server processes (NaN, -1 if none).
+double servers_cpu_s(const Options &o)
+{
+	if (o.server_pids.empty())
+		return NAN;
+	double t = 0;
+	for (pid_t p : o.server_pids)
+		t += proc_cpu_s(p);
+	return t;
+}
+
+long servers_rss_kb(const Options &o)
+{
+	if (o.server_pids.empty())
+		return -1;
+	long t = 0;
+	for (pid_t p : o.server_pids)
+		t += proc_rss_kb(p);
+	return t;
+}
+
+double engine_cpu_s(const Engine &e)
+{
+	double t = 0;
+	for (pid_t p : e.pids)
+		t += proc_tree_cpu_s(p);
+	return t;
+}
+
 bool parse_args(int argc, char **argv, Options &o)
 {
 	for (int i = 1; i < argc; i++) {
@@ -803,8 +886,35 @@ bool parse_args(int argc, char **argv, Options &o)
 			}
 			return true;
 		};
-		if (a == "--url")
-			o.url = v;
+		if (a == "--url") {
+			for (const auto &u : split(v, ','))
+				if (!u.empty())
+					o.urls.push_back(u);
+		} else if (a == "--server-pid" || a == "--engine") {
+			Engine e;
+			std::string list = v;
+			if (a == "--engine") {
+				size_t eq = v.find('=');
+				e.name = eq == std::string::npos ? "" : v.substr(0, eq);
+				list = eq == std::string::npos ? "" : v.substr(eq + 1);
+			}
+			for (const auto &p : split(list, ',')) {
+				long pid = strtol(p.c_str(), &end, 10);
+				if (p.empty() || *end || pid < 1) {
+					fprintf(stderr, "qryptchat-bench: %s: bad value '%s'\n", a.c_str(), v.c_str());
+					return false;
+				}
+				e.pids.push_back(static_cast<pid_t>(pid));
+			}
+			if (a == "--server-pid") {
+				o.server_pids.insert(o.server_pids.end(), e.pids.begin(), e.pids.end());
+			} else if (e.name.empty() || e.pids.empty() || e.name.find_first_of("\"\\ ") != std::string::npos) {
+				fprintf(stderr, "qryptchat-bench: --engine needs NAME=PID[,PID...]\n");
+				return false;
+			} else {
+				o.engines.push_back(e);
+			}
+		}
 		else if (a == "--secret")
 			o.secret = v;
 		else if (a == "--secret-file") {
@@ -836,8 +946,6 @@ bool parse_args(int argc, char **argv, Options &o)
 			o.procs = static_cast<int>(num);
 		else if (a == "--idle" && need_num(1))
 			o.idle = static_cast<int>(num);
-		else if (a == "--server-pid" && need_num(1))
-			o.server_pid = static_cast<pid_t>(num);
 		else if (a == "--label")
 			o.label = v;
 		else if (a == "--prefix")
@@ -845,7 +953,7 @@ bool parse_args(int argc, char **argv, Options &o)
 		else {
 			if (a == "--rooms" || a == "--members" || a == "--senders" || a == "--rate" ||
 			    a == "--window" || a == "--payload" || a == "--duration" || a == "--warmup" ||
-			    a == "--drain" || a == "--procs" || a == "--idle" || a == "--server-pid")
+			    a == "--drain" || a == "--procs" || a == "--idle")
 				return false;
 			fprintf(stderr, "qryptchat-bench: unknown option %s\n", a.c_str());
 			usage(stderr);
@@ -860,6 +968,8 @@ bool parse_args(int argc, char **argv, Options &o)
 		fprintf(stderr, "qryptchat-bench: --senders cannot exceed --members\n");
 		return false;
 	}
+	if (o.urls.empty())
+		o.urls.push_back("ws://127.0.0.1:8080/ws");
 	if (o.prefix.empty())
 		o.prefix = "b" + std::to_string(getpid()) + "t" + std::to_string(time(nullptr) % 100000) + "-";
 	return true;
@@ -873,7 +983,8 @@ int main(int argc, char **argv)
 	if (!parse_args(argc, argv, o))
 		return 2;
 	signal(SIGPIPE, SIG_IGN);
-	long rss_before = o.server_pid ? proc_rss_kb(o.server_pid) : -1;
+	bool have_server = !o.server_pids.empty();
+	long rss_before = servers_rss_kb(o);
 
 	std::vector<Child> cs;
 	for (int i = 0; i < o.procs; i++) {
@@ -916,17 +1027,23 @@ int main(int argc, char **argv)
 	// The measured window, as the server and the clients spend it.
 	while (mono_ns() < t0)
 		usleep(static_cast<useconds_t>(std::min<int64_t>((t0 - mono_ns()) / 1000, 100000)));
-	double srv0 = o.server_pid ? proc_cpu_s(o.server_pid) : NAN;
+	double srv0 = servers_cpu_s(o);
+	std::vector<double> eng0;
+	for (const auto &e : o.engines)
+		eng0.push_back(engine_cpu_s(e));
 	double cli0 = 0;
 	for (auto &c : cs)
 		cli0 += proc_cpu_s(c.pid);
 	while (mono_ns() < t1)
 		usleep(static_cast<useconds_t>(std::min<int64_t>((t1 - mono_ns()) / 1000, 100000)));
-	double srv1 = o.server_pid ? proc_cpu_s(o.server_pid) : NAN;
+	double srv1 = servers_cpu_s(o);
+	std::vector<double> eng_cpu;
+	for (size_t i = 0; i < o.engines.size(); i++)
+		eng_cpu.push_back(engine_cpu_s(o.engines[i]) - eng0[i]);
 	double cli1 = 0;
 	for (auto &c : cs)
 		cli1 += proc_cpu_s(c.pid);
-	long rss = o.server_pid ? proc_rss_kb(o.server_pid) : -1;
+	long rss = servers_rss_kb(o);
 
 	std::vector<std::string> lines(cs.size());
 	if (!gather(cs, "result", o.drain + 60, &lines))
@@ -938,9 +1055,12 @@ int main(int argc, char **argv)
 	for (const auto &line : lines) {
 		std::istringstream in(line);
 		std::string word;
-		uint64_t sent, received, acks, errors, closed, maxus;
+		uint64_t sent, received, acks, errors, closed, maxus, acks_win, arrived_win;
 		size_t ncodes;
-		in >> word >> sent >> received >> acks >> errors >> closed >> maxus >> ncodes;
+		in >> word >> sent >> received >> acks >> errors >> closed >> maxus >> acks_win >> arrived_win >>
+			ncodes;
+		tot.acks_in_window += acks_win;
+		tot.arrived_in_window += arrived_win;
 		tot.sent += sent;
 		tot.received += received;
 		tot.acks += acks;
@@ -987,10 +1107,18 @@ int main(int argc, char **argv)
 		printf("  latency ms      p50 %.2f  p90 %.2f  p99 %.2f  max %.2f\n", tot.lat.quantile_ms(0.5),
 		       tot.lat.quantile_ms(0.9), tot.lat.quantile_ms(0.99),
 		       static_cast<double>(tot.lat.max_us) / 1000.0);
+		printf("  in the window   %.0f acknowledgements/s, %.0f message_received/s, whenever sent\n",
+		       static_cast<double>(tot.acks_in_window) / o.duration,
+		       static_cast<double>(tot.arrived_in_window) / o.duration);
 	}
-	if (o.server_pid) {
+	if (o.urls.size() > 1)
+		printf("  servers         %zu, member i of each room on server i %% %zu\n", o.urls.size(),
+		       o.urls.size());
+	if (have_server) {
 		printf("  server CPU      %.2f s in the window (%.0f%% of a core)", srv_cpu,
 		       srv_cpu / o.duration * 100);
+		if (o.server_pids.size() > 1)
+			printf(", the sum of %zu processes", o.server_pids.size());
 		if (!o.idle)
 			printf(", %.3f s per 1000 deliveries (%.2f us each)", cpu_per_1k, cpu_per_1k * 1000);
 		printf("\n  server RSS      %.1f MB (%.1f MB before the clients connected", rss / 1024.0,
@@ -998,6 +1126,13 @@ int main(int argc, char **argv)
 		if (o.idle)
 			printf("; %.2f KB per connection", static_cast<double>(rss - rss_before) / conns);
 		printf(")\n");
+	}
+	for (size_t i = 0; i < o.engines.size(); i++) {
+		printf("  %-15s %.2f s CPU in the window (%.0f%% of a core)", o.engines[i].name.c_str(),
+		       eng_cpu[i], eng_cpu[i] / o.duration * 100);
+		if (!o.idle && tot.received)
+			printf(", %.2f us per delivery", eng_cpu[i] * 1e6 / static_cast<double>(tot.received));
+		printf("\n");
 	}
 	printf("  bench CPU       %.2f s in the window (%.0f%% of a core over %d processes)\n", cli_cpu,
 	       cli_cpu / o.duration * 100, o.procs);
@@ -1010,12 +1145,16 @@ int main(int argc, char **argv)
 		printf("\n");
 	}
 	auto num = [](double v) { return std::isnan(v) ? std::string("null") : std::to_string(v); };
+	std::string engines;
+	for (size_t i = 0; i < o.engines.size(); i++)
+		engines += (i ? ",\"" : "\"") + o.engines[i].name + "\":" + num(eng_cpu[i]);
 	printf("{\"label\":\"%s\",\"connections\":%d,\"rooms\":%d,\"members\":%d,\"senders\":%d,\"rate\":%g,"
 	       "\"payload\":%d,\"duration_s\":%g,\"sent\":%llu,\"expected\":%llu,\"received\":%llu,"
 	       "\"loss\":%s,\"deliveries_per_s\":%s,\"p50_ms\":%s,\"p90_ms\":%s,\"p99_ms\":%s,"
 	       "\"max_ms\":%s,\"server_cpu_s\":%s,\"server_cpu_s_per_1000\":%s,\"server_rss_kb\":%ld,"
 	       "\"server_rss_before_kb\":%ld,\"bench_cpu_s\":%s,\"errors\":%llu,\"closed\":%llu,"
-	       "\"setup_s\":%s}\n",
+	       "\"setup_s\":%s,\"servers\":%zu,\"engine_cpu_s\":{%s},\"acked_in_window\":%llu,"
+	       "\"arrived_in_window\":%llu}\n",
 	       o.label.c_str(), conns, o.idle ? 0 : o.rooms, o.idle ? 0 : o.members, o.senders, o.rate,
 	       o.payload, o.duration, static_cast<unsigned long long>(tot.sent),
 	       static_cast<unsigned long long>(expected), static_cast<unsigned long long>(tot.received),
@@ -1024,6 +1163,8 @@ int main(int argc, char **argv)
 	       num(static_cast<double>(tot.lat.max_us) / 1000.0).c_str(), num(srv_cpu).c_str(),
 	       num(cpu_per_1k).c_str(), rss, rss_before, num(cli_cpu).c_str(),
 	       static_cast<unsigned long long>(tot.errors), static_cast<unsigned long long>(tot.closed),
-	       num(setup_s).c_str());
+	       num(setup_s).c_str(), o.urls.size(), engines.c_str(),
+	       static_cast<unsigned long long>(tot.acks_in_window),
+	       static_cast<unsigned long long>(tot.arrived_in_window));
 	return 0;
 }

@@ -29,11 +29,6 @@ Json admin_json(const ServerProcess &s, std::vector<std::string> args)
 	return j;
 }
 
-std::string conv_payload(const std::string &conv, const std::string &more = "")
-{
-	return "{\"conversationId\":" + jquote(conv) + more + "}";
-}
-
 // The next frame of this type, skipping pushes (presence, messages) that
 // come before it.
 Json next_of(WsClient &c, const std::string &type, int timeout_ms = 5000)
@@ -49,7 +44,7 @@ Json next_of(WsClient &c, const std::string &type, int timeout_ms = 5000)
 
 int send_text(WsClient &c, const std::string &conv, const std::string &text)
 {
-	send_request(c, "send_message", conv_payload(conv, ",\"content\":" + jquote(text)), "s-" + text);
+	send_request(c, "send_message", conv_payload(conv, "\"content\":" + jquote(text)), "s-" + text);
 	return static_cast<int>(jnum(next_of(c, "message_sent").get(), "payload.message.seq"));
 }
 

@@ -265,6 +265,7 @@ struct Server::Impl final : public Host, public DeliverySink, public ClusterList
 	int serve_web(lws *wsi, Pss *pss, const std::string &path, bool head);
 	std::string web_root;              // canonical web_root, "" when the web client is not served
 	std::string render_stats();
+	std::string metrics_text();
 	Gauges gauges();
 
 	void begin_shutdown();
@@ -854,6 +855,33 @@ std::string Server::Impl::render_stats()
 	return out;
 }
 
+// /metrics: the counters and gauges, and with broker redis the cluster's
+// figures of /stats.
+std::string Server::Impl::metrics_text()
+{
+	std::string out = stats_prometheus(stats, gauges());
+	if (!redis)
+		return out;
+	ClusterStats c = redis->stats();
+	prometheus_metric(out, "cluster_connected", "gauge", "1 while the Redis connections are up, else 0",
+			  c.connected ? 1 : 0);
+	prometheus_metric(out, "cluster_online_users", "gauge", "Users online on any node", c.online_users);
+	prometheus_metric(out, "cluster_subscribed_rooms", "gauge", "Room channels this node subscribes to",
+			  c.subscribed_rooms);
+	prometheus_metric(out, "cluster_published_total", "counter", "Events published to Redis", c.published);
+	prometheus_metric(out, "cluster_received_total", "counter", "Events of other nodes delivered here",
+			  c.received);
+	prometheus_metric(out, "cluster_remote_deliveries_total", "counter",
+			  "Frames queued here for events of other nodes", c.remote_deliveries);
+	prometheus_metric(out, "cluster_publish_failures_total", "counter",
+			  "Events not published because Redis was down", c.publish_failures);
+	prometheus_metric(out, "cluster_reconnects_total", "counter", "Redis connections re-established",
+			  c.reconnects);
+	prometheus_metric(out, "cluster_nodes_expired_total", "counter",
+			  "Dead nodes whose users this node took offline", c.nodes_expired);
+	return out;
+}
+
 Gauges Server::Impl::gauges()
 {
 	Gauges g;
@@ -907,7 +935,7 @@ int Server::Impl::on_http(lws *wsi, Pss *pss, const char *path_in)
 		if (path == "/stats")
 			return reply_http(wsi, pss, 200, "application/json", render_stats(), head);
 		return reply_http(wsi, pss, 200, "text/plain; version=0.0.4",
-				  stats_prometheus(stats, gauges()), head);
+				  metrics_text(), head);
 	}
 	// "/ws" and "/" without an Upgrade header.
 	return reply_http(wsi, pss, 426, "application/json",

@@ -53,24 +53,30 @@ void stats_write_json(JsonWriter &w, const Stats &s)
 	w.end_object();
 }
 
+void prometheus_metric(std::string &out, const char *name, const char *type, const char *help,
+		       uint64_t v)
+{
+	out += "# HELP qryptchatd_";
+	out += name;
+	out += " ";
+	out += help;
+	out += "\n# TYPE qryptchatd_";
+	out += name;
+	out += " ";
+	out += type;
+	out += "\nqryptchatd_";
+	out += name;
+	out += " ";
+	out += std::to_string(v);
+	out += "\n";
+}
+
 std::string stats_prometheus(const Stats &s, const Gauges &g)
 {
 	std::string out;
 	out.reserve(4096);
 	auto metric = [&](const char *name, const char *type, const char *help, uint64_t v) {
-		out += "# HELP qryptchatd_";
-		out += name;
-		out += " ";
-		out += help;
-		out += "\n# TYPE qryptchatd_";
-		out += name;
-		out += " ";
-		out += type;
-		out += "\nqryptchatd_";
-		out += name;
-		out += " ";
-		out += std::to_string(v);
-		out += "\n";
+		prometheus_metric(out, name, type, help, v);
 	};
 	for (const auto &c : kCounters)
 		metric(c.metric, "counter", c.help, s.*c.field);

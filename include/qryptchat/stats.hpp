@@ -61,5 +61,8 @@ struct Gauges {
 void stats_write_json(JsonWriter &w, const Stats &s);
 // Prometheus text exposition of counters and gauges.
 std::string stats_prometheus(const Stats &s, const Gauges &g);
+// Appends one metric qryptchatd_<name> (HELP, TYPE and value lines).
+void prometheus_metric(std::string &out, const char *name, const char *type, const char *help,
+		       uint64_t v);
 
 } // namespace qc

@@ -217,6 +217,9 @@ static void test_subscriptions_follow_joins(void **)
 	quiet(*b); // not joined: not delivered
 	join(*b, g);
 	wait_stat(node(1), "cluster.subscribedRooms", before + 1);
+	// /metrics carries the same gauge.
+	assert_contains(http_request(node(1).port(), "GET", "/metrics").body,
+			"\nqryptchatd_cluster_subscribed_rooms " + std::to_string(before + 1) + "\n");
 	send_text(*a, g, "after");
 	assert_true(received(*b, 1) == std::vector<int>{2});
 	send_request(*b, "leave_conversation", conv_payload(g), "lv");

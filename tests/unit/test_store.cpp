@@ -7,10 +7,12 @@
 #include <set>
 
 #include "cmocka.hpp"
+#include "store_fixtures.hpp"
 #include "qryptchat/log.hpp"
 #include "qryptchat/store_sqlite.hpp"
 
 using namespace qc;
+using namespace qc::test;
 
 namespace {
 
@@ -60,44 +62,6 @@ int teardown(void **state)
 Store &store(void **state)
 {
 	return *static_cast<std::pair<std::string, std::unique_ptr<Store>> *>(*state)->second;
-}
-
-void users(Store &s, std::initializer_list<const char *> ids)
-{
-	for (const char *id : ids)
-		assert_true(s.upsert_user(id, ProfileHints{}).ok());
-}
-
-std::string make_group(Store &s, const std::string &creator, std::vector<std::string> members)
-{
-	NewConversation c;
-	c.id = uuid_v7();
-	c.type = "group";
-	c.name = std::string("team");
-	c.creator = creator;
-	c.members = std::move(members);
-	c.now = now_ms();
-	auto r = s.create_conversation(c);
-	assert_true(r.ok());
-	assert_true(r->created);
-	return r->id;
-}
-
-InsertedMessage send(Store &s, const std::string &conv, const std::string &from,
-		     const std::string &text, std::optional<std::string> cid = std::nullopt)
-{
-	NewMessage m;
-	m.id = uuid_v7();
-	m.conversation_id = conv;
-	m.sender_id = from;
-	m.message_type = "text";
-	m.content = text;
-	m.client_message_id = std::move(cid);
-	m.now = now_ms();
-	auto r = s.insert_message(m);
-	if (!r)
-		fail_msg("insert: %s", r.error().message.c_str());
-	return std::move(*r);
 }
 
 } // namespace
@@ -165,18 +129,9 @@ static void test_direct_created_once(void **state)
 {
 	Store &s = store(state);
 	users(s, {"a", "b"});
-	NewConversation c;
-	c.id = uuid_v7();
-	c.type = "direct";
-	c.creator = "a";
-	c.members = {"b"};
-	c.now = now_ms();
-	auto first = s.create_conversation(c);
+	auto first = s.create_conversation(direct_of("a", "b"));
 	assert_true(first->created);
-	c.id = uuid_v7();
-	c.creator = "b"; // the other side asks: same pair
-	c.members = {"a"};
-	auto again = s.create_conversation(c);
+	auto again = s.create_conversation(direct_of("b", "a")); // the other side asks: same pair
 	assert_false(again->created);
 	assert_str_eq(again->id, first->id);
 	assert_int_equal(s.conversations("a")->size(), 1);
@@ -189,13 +144,7 @@ static void test_direct_key_unambiguous(void **state)
 	Store &s = store(state);
 	users(s, {"a", "b\nc", "a\nb", "c", "p\\n", "p\n", "q"});
 	auto direct = [&](const std::string &creator, const std::string &other) {
-		NewConversation c;
-		c.id = uuid_v7();
-		c.type = "direct";
-		c.creator = creator;
-		c.members = {other};
-		c.now = now_ms();
-		auto r = s.create_conversation(c);
+		auto r = s.create_conversation(direct_of(creator, other));
 		assert_true(r.ok());
 		return std::move(*r);
 	};
